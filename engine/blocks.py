@@ -1,0 +1,403 @@
+"""Prefill once: a sequence's KV cache cut into content-addressed token blocks, kept in tiers.
+
+Block i of a history is keyed by a chain hash over (model fingerprint, storage dtype, block format version,
+key of block i-1, the block's token ids), so equal prefixes share blocks whatever session, fork or process
+made them, and a different model or dtype never sees them. Only complete blocks are stored as blocks; the
+rest of a saved history (0..block_size-1 tokens) plus the logits of its last position go in one *tail*
+record keyed by the chain hash of the whole history, so a fully cached history needs no recompute at all.
+
+Reads take each block from the fastest tier that has a valid copy (and promote it to faster tiers);
+writes run on a background thread. A restore either extends the cache by a verified run of blocks or
+leaves it exactly as it was.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from engine.blockformat import (
+    DTYPES,
+    KIND_BLOCK,
+    KIND_TAIL,
+    BlockFormatError,
+    BlockShape,
+    DecodedBlock,
+    decode_block,
+    encode_block,
+)
+from engine.blockkeys import chain_keys, storage_dtype, tail_key
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BLOCK_SIZE = 64  # chosen by bench/kv_bench.py --block-sizes; see docs/benchmarks.md "KV blocks"
+_LOOKAHEAD = 3  # blocks fetched and verified ahead of the one being loaded into the cache
+
+
+class BlockTier(Protocol):
+    name: str  # "memory" | "disk" | "redis"
+
+    def get(self, key: str) -> bytes | None: ...
+    def put(self, key: str, data: bytes) -> None: ...
+    def contains(self, keys: list[str]) -> list[bool]: ...
+    def delete(self, keys: list[str]) -> int: ...
+    def scan(self) -> list[tuple[str, float]]: ...  # (key, idle seconds) of every block, for gc
+    def stats(self) -> dict: ...  # blocks, bytes
+    def clear(self) -> None: ...
+
+
+class StatsSink(Protocol):
+    """Where hit/miss counters go besides this process (the Redis tier shares them between processes)."""
+
+    def incr(self, counts: dict[str, int]) -> None: ...
+
+
+class Refs(Protocol):
+    def set(self, session_id: str, keys: list[str]) -> None: ...
+    def remove(self, session_id: str) -> bool: ...
+    def pinned(self) -> set[str]: ...
+
+
+@dataclass
+class RestoreResult:
+    cached_tokens: int = 0  # positions added to the cache
+    by_tier: dict[str, int] = field(default_factory=dict)  # tokens taken from each tier
+    bytes_read: int = 0
+    restore_s: float = 0.0
+    last_logits: np.ndarray | None = None  # set when the cache now holds all of token_ids
+    blocks: int = 0  # block and tail records loaded
+    dropped: int = 0  # corrupt or mismatched copies deleted on the way
+
+
+def _shape(model: Any) -> BlockShape:
+    c = model.config
+    return BlockShape(model.fingerprint, c.num_hidden_layers, c.num_key_value_heads, c.head_dim)
+
+
+class BlockStore:
+    """Content-addressed KV blocks over ordered tiers (fastest first). Thread-safe."""
+
+    def __init__(
+        self,
+        tiers: list[BlockTier],
+        block_size: int = DEFAULT_BLOCK_SIZE,
+        dtype: str | None = None,
+        refs: Refs | None = None,
+        stats_sink: StatsSink | None = None,
+    ) -> None:
+        if block_size < 1:
+            raise ValueError(f"block_size must be >= 1, got {block_size}")
+        if dtype is not None and dtype not in DTYPES:
+            raise ValueError(f"KV block dtype {dtype!r} is not one of {sorted(DTYPES)}")
+        self.tiers = list(tiers)
+        self.block_size = block_size
+        self.dtype = dtype
+        self.refs = refs
+        self.stats_sink = stats_sink
+        self.counters: dict[str, int] = {}
+        self._count_lock = threading.Lock()
+        self._queue: queue.Queue[tuple | None] = queue.Queue()
+        self._pending: set[tuple[str, str]] = set()  # (tier, key) queued but not yet written
+        self._pending_lock = threading.Lock()
+        self._writer: threading.Thread | None = None
+        self._readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="kv-read")
+
+    # -- restore ---------------------------------------------------------------------------------
+    def restore(
+        self, model: Any, cache: Any, token_ids: list[int], history_len: int | None = None
+    ) -> RestoreResult:
+        """Extend `cache` (holding token_ids[:cache.offset], block-aligned) by the longest cached run.
+
+        `history_len`: the length of a history saved earlier that `token_ids` extends (a session's
+        previous turn); its tail record is then found too, though it does not end on a block boundary.
+        """
+        t0 = time.perf_counter()
+        res = RestoreResult()
+        start = cache.offset
+        if start % self.block_size or start > len(token_ids):
+            return res
+        dtype = storage_dtype(model, self.dtype)
+        keys = chain_keys(model.fingerprint, dtype, token_ids, self.block_size)
+        first = start // self.block_size
+        try:
+            self._load_blocks(model, cache, keys, first, res)
+            pos, total = cache.offset, len(token_ids)
+            parent = keys[pos // self.block_size - 1] if pos >= self.block_size else None
+            for end in sorted({total, history_len or 0}, reverse=True):
+                # A tail fits when the history ending at `end` has exactly the blocks restored so far;
+                # an empty tail is only worth reading for its logits.
+                if end > total or end // self.block_size * self.block_size != pos or (end == pos < total):
+                    continue
+                tkey = tail_key(model.fingerprint, dtype, parent, token_ids[pos:end])
+                if self._load_tail(model, cache, tkey, end, total, res):
+                    break
+        except Exception as exc:  # e.g. a cache that rejects the arrays: all or nothing
+            log.warning("KV restore failed (%s: %s); the cache is left as it was", type(exc).__name__, exc)
+            cache.trim(start)
+            res = RestoreResult(dropped=res.dropped)
+            self._count({"restore_failures": 1})
+        res.restore_s = time.perf_counter() - t0
+        lookup = len(token_ids) - start
+        counts = {"restores": 1, "lookup_tokens": lookup, "hit_tokens": res.cached_tokens,
+                  "bytes_read": res.bytes_read, "dropped_blocks": res.dropped}  # fmt: skip
+        counts.update({f"hit_tokens_{t}": n for t, n in res.by_tier.items()})
+        self._count(counts)
+        return res
+
+    def _presence(self, keys: list[str]) -> list[list[bool]]:
+        out = []
+        for tier in self.tiers:
+            try:
+                out.append(tier.contains(keys))
+            except Exception as exc:
+                log.warning("KV tier %s unavailable for lookup (%s); skipping it", tier.name, exc)
+                out.append([False] * len(keys))
+        return out
+
+    def _fetch(
+        self, model: Any, key: str, kind: int, tiers: list[int]
+    ) -> tuple[int, int, DecodedBlock] | None:
+        """The first valid copy of `key` among `tiers` (indices), as (tier index, bytes, block)."""
+        dropped = 0
+        for ti in tiers:
+            tier = self.tiers[ti]
+            try:
+                data = tier.get(key)
+            except Exception as exc:
+                log.warning("KV tier %s failed reading block %s (%s)", tier.name, key[:16], exc)
+                continue
+            if data is None:
+                continue
+            try:
+                block = decode_block(data, bytes.fromhex(key), _shape(model), kind)
+            except BlockFormatError as exc:
+                log.warning(
+                    "KV block %s in tier %s dropped (%s); it will be recomputed", key[:16], tier.name, exc
+                )
+                dropped += 1
+                try:
+                    tier.delete([key])
+                except Exception as del_exc:
+                    log.warning("could not delete bad block %s from %s: %s", key[:16], tier.name, del_exc)
+                continue
+            self._count({"dropped_blocks": dropped} if dropped else {})
+            self._promote(key, data, ti)
+            return ti, len(data), block
+        if dropped:
+            self._count({"dropped_blocks": dropped})
+        return None
+
+    def _load_blocks(self, model: Any, cache: Any, keys: list[str], first: int, res: RestoreResult) -> None:
+        presence = self._presence(keys[first:])
+        run: list[tuple[str, list[int]]] = []
+        for i, key in enumerate(keys[first:]):
+            holders = [ti for ti in range(len(self.tiers)) if presence[ti][i]]
+            if not holders:
+                break
+            run.append((key, holders))
+        for got in self._prefetched(model, run):
+            if got is None:  # every copy of this block was bad: the run ends here
+                break
+            ti, nbytes, block = got
+            self._extend(model, cache, block)
+            self._account(res, ti, nbytes, block.n_tokens)
+
+    def _prefetched(self, model: Any, run: list[tuple[str, list[int]]]) -> Iterator[tuple | None]:
+        """Fetch and verify blocks on reader threads, a few ahead of the caller, in order."""
+        futures: list[Future] = []
+        try:
+            for i in range(len(run) + _LOOKAHEAD):
+                if i < len(run):
+                    key, holders = run[i]
+                    futures.append(self._readers.submit(self._fetch, model, key, KIND_BLOCK, holders))
+                if i >= _LOOKAHEAD:
+                    yield futures[i - _LOOKAHEAD].result()
+        finally:
+            for f in futures:
+                f.cancel()
+
+    def _load_tail(self, model: Any, cache: Any, key: str, end: int, total: int, res: RestoreResult) -> bool:
+        got = self._fetch(model, key, KIND_TAIL, list(range(len(self.tiers))))
+        if got is None:
+            return False
+        ti, nbytes, block = got
+        if block.n_tokens:
+            self._extend(model, cache, block)
+        self._account(res, ti, nbytes, block.n_tokens)
+        if end == total and block.logits is not None:
+            res.last_logits = np.array(block.logits, dtype=np.float32)
+        return True
+
+    @staticmethod
+    def _extend(model: Any, cache: Any, block: DecodedBlock) -> None:
+        want = model.kv_dtype if model.kv_dtype in DTYPES else "float32"
+        cache.extend(block.k.astype(want, copy=False), block.v.astype(want, copy=False))
+
+    def _account(self, res: RestoreResult, ti: int, nbytes: int, n_tokens: int) -> None:
+        name = self.tiers[ti].name
+        res.cached_tokens += n_tokens
+        res.by_tier[name] = res.by_tier.get(name, 0) + n_tokens
+        res.bytes_read += nbytes
+        res.blocks += 1
+
+    def _promote(self, key: str, data: bytes, ti: int) -> None:
+        """A block read from a slower tier goes to every faster one (memory at once, others queued)."""
+        if ti == 0:
+            return
+        faster = self.tiers[:ti]
+        if faster[0].name == "memory":
+            faster[0].put(key, data)
+            faster = faster[1:]
+        if faster:
+            self._enqueue(("raw", key, data, [t for t in faster if self._claim(t.name, key)]))
+
+    # -- save ------------------------------------------------------------------------------------
+    def save(
+        self, model: Any, cache: Any, token_ids: list[int], last_logits: np.ndarray | None = None
+    ) -> None:
+        """Queue the blocks of `token_ids` (held by `cache`) that some tier lacks, plus the tail record.
+
+        Runs the KV export (a copy) on the caller's thread; encoding and writing happen on the writer.
+        `last_logits` are the logits of the last position of `token_ids`.
+        """
+        n = min(len(token_ids), cache.offset)
+        if n < len(token_ids):
+            last_logits = None  # logits of a position the cache does not hold
+        dtype = storage_dtype(model, self.dtype)
+        keys = chain_keys(model.fingerprint, dtype, token_ids[:n], self.block_size)
+        presence = self._presence(keys)
+        bs = self.block_size
+        for i, key in enumerate(keys):
+            targets = [
+                t for ti, t in enumerate(self.tiers) if not presence[ti][i] and self._claim(t.name, key)
+            ]
+            if targets:
+                k, v = cache.export(i * bs, (i + 1) * bs)
+                self._enqueue(("encode", key, KIND_BLOCK, model.fingerprint, dtype, k, v, None, targets))
+        pos = len(keys) * bs
+        if pos == n and last_logits is None:
+            return
+        tkey = tail_key(model.fingerprint, dtype, keys[-1] if keys else None, token_ids[pos:n])
+        present = self._presence([tkey])
+        targets = [t for ti, t in enumerate(self.tiers) if not present[ti][0] and self._claim(t.name, tkey)]
+        if targets:
+            k, v = cache.export(pos, n)
+            self._enqueue(("encode", tkey, KIND_TAIL, model.fingerprint, dtype, k, v, last_logits, targets))
+
+    def _claim(self, tier: str, key: str) -> bool:
+        with self._pending_lock:
+            if (tier, key) in self._pending:
+                return False
+            self._pending.add((tier, key))
+            return True
+
+    def _enqueue(self, job: tuple) -> None:
+        if not job[-1]:
+            return
+        if self._writer is None:
+            self._writer = threading.Thread(target=self._write_loop, name="kv-writer", daemon=True)
+            self._writer.start()
+        self._queue.put(job)
+
+    def _write_loop(self) -> None:
+        while (job := self._queue.get()) is not None:
+            try:
+                self._write(job)
+            except Exception:
+                log.warning("KV block write failed", exc_info=True)
+            finally:
+                self._queue.task_done()
+        self._queue.task_done()
+
+    def _write(self, job: tuple) -> None:
+        if job[0] == "raw":
+            _, key, data, targets = job
+        else:
+            _, key, kind, fingerprint, dtype, k, v, logits, targets = job
+            data = encode_block(bytes.fromhex(key), fingerprint, dtype, k, v, logits, kind)
+        counts: dict[str, int] = {}
+        for tier in targets:
+            try:
+                tier.put(key, data)
+                counts[f"written_blocks_{tier.name}"] = counts.get(f"written_blocks_{tier.name}", 0) + 1
+                counts[f"written_bytes_{tier.name}"] = counts.get(f"written_bytes_{tier.name}", 0) + len(data)
+            except Exception as exc:
+                log.warning("KV tier %s failed writing block %s: %s", tier.name, key[:16], exc)
+            finally:
+                with self._pending_lock:
+                    self._pending.discard((tier.name, key))
+        self._count(counts)
+
+    def flush(self) -> None:
+        """Wait until every queued write has reached its tiers."""
+        self._queue.join()
+
+    def close(self) -> None:
+        self.flush()
+        if self._writer is not None:
+            self._queue.put(None)
+            self._writer.join()
+            self._writer = None
+        self._readers.shutdown(wait=True)
+
+    # -- references, gc, stats -------------------------------------------------------------------
+    def session_keys(self, model: Any, token_ids: list[int]) -> list[str]:
+        """Every key a saved history occupies: its complete blocks and its tail record."""
+        dtype = storage_dtype(model, self.dtype)
+        keys = chain_keys(model.fingerprint, dtype, token_ids, self.block_size)
+        pos = len(keys) * self.block_size
+        return [*keys, tail_key(model.fingerprint, dtype, keys[-1] if keys else None, token_ids[pos:])]
+
+    def pin(self, session_id: str, model: Any, token_ids: list[int]) -> None:
+        """Record that `session_id`'s history is `token_ids` (replacing its previous pin)."""
+        if self.refs is None:
+            raise RuntimeError("this BlockStore was made without refs; pass refs= to pin sessions")
+        self.refs.set(session_id, self.session_keys(model, token_ids))
+
+    def unpin(self, session_id: str) -> bool:
+        return self.refs.remove(session_id) if self.refs is not None else False
+
+    def gc(self, grace_s: float = 300.0) -> dict[str, int]:
+        """Delete blocks that no pin names and that were idle >= grace_s, in every tier.
+
+        The grace period protects blocks a running session has written but not yet pinned.
+        """
+        self.flush()
+        pinned = self.refs.pinned() if self.refs is not None else set()
+        removed: dict[str, int] = {}
+        for tier in self.tiers:
+            victims = [k for k, idle in tier.scan() if k not in pinned and idle >= grace_s]
+            removed[tier.name] = tier.delete(victims) if victims else 0
+        return removed
+
+    def clear(self) -> None:
+        self.flush()
+        for tier in self.tiers:
+            tier.clear()
+
+    def stats(self) -> dict:
+        with self._count_lock:
+            counters = dict(self.counters)
+        return {"block_size": self.block_size, "tiers": {t.name: t.stats() for t in self.tiers},
+                "counters": counters}  # fmt: skip
+
+    def _count(self, counts: dict[str, int]) -> None:
+        counts = {k: v for k, v in counts.items() if v}
+        if not counts:
+            return
+        with self._count_lock:
+            for k, v in counts.items():
+                self.counters[k] = self.counters.get(k, 0) + v
+        if self.stats_sink is not None:
+            try:
+                self.stats_sink.incr(counts)
+            except Exception as exc:
+                log.warning("KV stats not recorded (%s)", exc)

@@ -1,0 +1,23 @@
+"""Engine errors: each names the file, tensor or limit at fault."""
+
+from __future__ import annotations
+
+
+class EngineError(Exception):
+    """Base of every error the engine raises on bad input."""
+
+
+class ModelNotFoundError(EngineError):
+    """No model directory or locally cached Hugging Face repo by that name."""
+
+
+class ModelFormatError(EngineError):
+    """A model directory whose files are missing, truncated or inconsistent."""
+
+
+class UnsupportedArchitectureError(EngineError):
+    """config.json names an architecture the engine does not implement."""
+
+
+class ContextLengthError(EngineError):
+    """A prompt (plus the tokens asked for) longer than the model's context."""

@@ -1,0 +1,125 @@
+"""load_model: a Hugging Face-format directory (or a repo id in the local HF cache) -> engine.Model."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+from pathlib import Path
+
+from engine.backends import get_backend
+from engine.errors import ModelFormatError, ModelNotFoundError, UnsupportedArchitectureError
+from engine.model import Model
+from engine.safetensors_io import Checkpoint
+from engine.weights import WeightReader
+
+# model_type -> module in engine/models; `architectures` entries that each module implements.
+MODEL_TYPES = {"qwen3": "qwen3", "qwen2": "qwen2", "llama": "llama"}
+ARCHITECTURES = {"Qwen3ForCausalLM": "qwen3", "Qwen2ForCausalLM": "qwen2", "LlamaForCausalLM": "llama"}
+
+_fingerprints: dict[tuple, str] = {}
+
+
+def resolve_path(path_or_id: str | Path) -> Path:
+    """A model directory as given, else a Hugging Face repo id found in the local HF cache."""
+    path = Path(path_or_id).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise ModelFormatError(f"{path}: not a model directory (a model is a directory with config.json)")
+    name = str(path_or_id)
+    if name.count("/") == 1 and not name.startswith((".", "/", "~")):
+        try:
+            from engine import hub
+        except ImportError:
+            hub = None
+        if hub is not None:
+            return Path(hub.resolve_model_path(name))
+    raise ModelNotFoundError(f"no model directory {name!r} and no such Hugging Face repo in the local cache")
+
+
+def read_config(directory: Path) -> dict:
+    config_path = directory / "config.json"
+    if not config_path.is_file():
+        raise ModelFormatError(f"{directory}: not a model directory (no config.json)")
+    try:
+        config = json.loads(config_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelFormatError(f"{config_path}: not valid JSON ({exc})") from exc
+    if not isinstance(config, dict):
+        raise ModelFormatError(f"{config_path}: expected a JSON object")
+    return config
+
+
+def architecture_of(config: dict, config_path: Path) -> str:
+    """The engine/models module for this config, or UnsupportedArchitectureError naming the entry."""
+    architectures = config.get("architectures") or []
+    for arch in architectures:
+        if arch in ARCHITECTURES:
+            return ARCHITECTURES[arch]
+    model_type = config.get("model_type")
+    if architectures:
+        raise UnsupportedArchitectureError(
+            f"{config_path}: architectures {architectures} not supported "
+            f"(supported: {', '.join(ARCHITECTURES)})"
+        )
+    if model_type in MODEL_TYPES:
+        return MODEL_TYPES[model_type]
+    raise UnsupportedArchitectureError(
+        f"{config_path}: model_type {model_type!r} not supported (supported: {', '.join(MODEL_TYPES)})"
+    )
+
+
+def fingerprint(directory: Path, config: dict, checkpoint: Checkpoint, kv_dtype: str) -> str:
+    """sha256 over the canonical config, each safetensors header + size, tokenizer.json's sha256 and the
+    KV dtype: what decides whether stored KV blocks fit this model. Cached per path and mtimes."""
+    tokenizer_path = directory / "tokenizer.json"
+    files = [directory / "config.json", tokenizer_path, *(f.path for f in checkpoint.files)]
+    key = (
+        str(directory.resolve()),
+        kv_dtype,
+        tuple((str(f), f.stat().st_mtime_ns, f.stat().st_size) for f in files if f.exists()),
+    )
+    if key in _fingerprints:
+        return _fingerprints[key]
+    digest = hashlib.sha256()
+    digest.update(json.dumps(config, sort_keys=True, separators=(",", ":")).encode())
+    for file in checkpoint.files:
+        digest.update(file.path.name.encode())
+        digest.update(file.header_bytes)
+        digest.update(str(file.size).encode())
+    tokenizer_sha = (
+        hashlib.sha256(tokenizer_path.read_bytes()).hexdigest() if tokenizer_path.is_file() else ""
+    )
+    digest.update(tokenizer_sha.encode())
+    digest.update(kv_dtype.encode())
+    _fingerprints[key] = result = digest.hexdigest()
+    return result
+
+
+def load_model(path_or_id: str | Path, backend: str | None = None) -> Model:
+    """Load a Qwen3 / Qwen2 / Llama checkpoint (plain or MLX-quantized) onto the numpy or mlx backend."""
+    directory = resolve_path(path_or_id)
+    config = read_config(directory)
+    config_path = directory / "config.json"
+    module = importlib.import_module(f"engine.models.{architecture_of(config, config_path)}")
+    try:
+        args = module.ModelArgs.from_dict(config)
+    except TypeError as exc:
+        raise ModelFormatError(f"{config_path}: incomplete config ({exc})") from exc
+    ops = get_backend(backend)
+    checkpoint = Checkpoint(directory)
+    try:
+        network = module.Model(args, ops, WeightReader(checkpoint, ops, config.get("quantization")))
+        print_ = fingerprint(directory, config, checkpoint, ops.float_dtype)
+    finally:
+        checkpoint.close()
+    return Model(
+        name=str(path_or_id),
+        path=directory,
+        arch=args.model_type,
+        ops=ops,
+        config=args,
+        network=network,
+        fingerprint=print_,
+    )

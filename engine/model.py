@@ -1,0 +1,95 @@
+"""engine.Model: a loaded network plus what callers need around it (config, tokenizer, fingerprint)."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from engine.cache import KVCache
+from engine.errors import ContextLengthError
+
+if TYPE_CHECKING:
+    from engine.models.base import BaseModelArgs, CausalLM
+    from engine.tokenizer import Tokenizer
+
+PREFILL_CHUNK = 512  # tokens per prefill step: bounds attention scores to [H, 512, S] floats
+
+
+class Model:
+    def __init__(
+        self,
+        *,
+        name: str,
+        path: Path,
+        arch: str,
+        ops: ModuleType,
+        config: BaseModelArgs,
+        network: CausalLM,
+        fingerprint: str,
+    ) -> None:
+        self.name = name
+        self.path = path
+        self.arch = arch
+        self.ops = ops
+        self.backend: str = ops.name
+        self.config = config
+        self.network = network
+        self.kv_dtype: str = ops.float_dtype
+        self.fingerprint = fingerprint
+        self.prefill_chunk = PREFILL_CHUNK
+
+    def __repr__(self) -> str:
+        return f"Model({self.name!r}, arch={self.arch}, backend={self.backend})"
+
+    @functools.cached_property
+    def tokenizer(self) -> Tokenizer:
+        from engine.tokenizer import Tokenizer  # lazy: logits work without tokenizer files
+
+        return Tokenizer(self.path)
+
+    @property
+    def context_length(self) -> int:
+        return self.config.max_position_embeddings
+
+    def make_cache(self) -> KVCache:
+        c = self.config
+        return KVCache(self.ops, c.num_hidden_layers, c.num_key_value_heads, c.head_dim, self.kv_dtype)
+
+    def _check_room(self, n_new: int, cache: KVCache) -> None:
+        if n_new == 0:
+            raise ValueError("no token ids given")
+        if cache.offset + n_new > self.context_length:
+            raise ContextLengthError(
+                f"{cache.offset + n_new} tokens ({cache.offset} cached + {n_new} new) exceed the context "
+                f"limit of {self.context_length} tokens (max_position_embeddings of {self.name})"
+            )
+
+    def forward(self, ids: list[int], cache: KVCache) -> np.ndarray:
+        """Append `ids` to `cache`; return float32 [vocab] logits of the last position.
+
+        Long inputs are prefilled in chunks of `prefill_chunk` tokens; only the last chunk's last
+        position goes through the output projection.
+        """
+        ids = list(ids)
+        self._check_room(len(ids), cache)
+        for start in range(0, len(ids), self.prefill_chunk):
+            chunk = ids[start : start + self.prefill_chunk]
+            last = start + self.prefill_chunk >= len(ids)
+            out = self.network(chunk, cache, "last" if last else "none")
+            self.ops.eval(*([out] if last else []), *cache.keys, *cache.values)
+        return self.ops.to_numpy(out)[0]
+
+    def logits(self, ids: list[int]) -> np.ndarray:
+        """float32 [len(ids), vocab] logits of every position, on a fresh cache (tests, parity)."""
+        ids = list(ids)
+        cache = self.make_cache()
+        self._check_room(len(ids), cache)
+        rows: list[np.ndarray] = []
+        for start in range(0, len(ids), self.prefill_chunk):
+            out: Any = self.network(ids[start : start + self.prefill_chunk], cache, "all")
+            rows.append(self.ops.to_numpy(out))
+        return np.concatenate(rows)

@@ -1,0 +1,140 @@
+"""What the decoder-only architectures share: config parsing, the SwiGLU MLP, the pre-norm block and
+the embed -> blocks -> norm -> lm_head stack. Each architecture file supplies its Attention."""
+
+from __future__ import annotations
+
+import dataclasses
+from types import ModuleType
+from typing import Any, ClassVar
+
+from engine.cache import KVCache
+from engine.models import rope
+from engine.weights import WeightReader
+
+
+@dataclasses.dataclass
+class BaseModelArgs:
+    """Config fields under their Hugging Face names; unknown keys in config.json are ignored."""
+
+    model_type: str
+    hidden_size: int
+    num_hidden_layers: int
+    intermediate_size: int
+    num_attention_heads: int
+    vocab_size: int
+    rms_norm_eps: float
+    num_key_value_heads: int | None = None
+    head_dim: int | None = None
+    max_position_embeddings: int = 32768
+    tie_word_embeddings: bool = False
+    rope_theta: float | None = None
+    rope_scaling: dict | None = None
+    rope_parameters: dict | None = None
+    hidden_act: str = "silu"
+
+    @classmethod
+    def from_dict(cls, config: dict) -> BaseModelArgs:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in config.items() if k in names})
+
+    def __post_init__(self) -> None:
+        if self.num_key_value_heads is None:
+            self.num_key_value_heads = self.num_attention_heads
+        if self.head_dim is None:
+            self.head_dim = self.hidden_size // self.num_attention_heads
+
+    def inv_freq(self) -> Any:
+        theta, scaling = rope.rope_settings(self.rope_theta, self.rope_scaling, self.rope_parameters)
+        return rope.inv_freq(self.head_dim, theta, scaling, self.max_position_embeddings)
+
+
+class MLP:
+    """SwiGLU: down(silu(gate(x)) * up(x)), with gate and up fused into one matmul."""
+
+    def __init__(
+        self,
+        ops: ModuleType,
+        w: WeightReader,
+        prefix: str,
+        hidden: int,
+        intermediate: int,
+        bias: bool = False,
+    ) -> None:
+        self.ops = ops
+        self.intermediate = intermediate
+        self.gate_up, self.gate_up_bias = w.linear(
+            [f"{prefix}.gate_proj", f"{prefix}.up_proj"], [intermediate, intermediate], hidden, bias
+        )
+        self.down, self.down_bias = w.linear([f"{prefix}.down_proj"], [hidden], intermediate, bias)
+
+    def __call__(self, x: Any) -> Any:
+        gate_up = self.ops.linear(x, self.gate_up, self.gate_up_bias)  # [T, 2I]
+        act = self.ops.silu_mul(gate_up[:, : self.intermediate], gate_up[:, self.intermediate :])
+        return self.ops.linear(act, self.down, self.down_bias)
+
+
+class Block:
+    """Pre-norm decoder layer: x + attn(norm(x)), then h + mlp(norm(h))."""
+
+    def __init__(
+        self,
+        ops: ModuleType,
+        w: WeightReader,
+        prefix: str,
+        args: BaseModelArgs,
+        attention: Any,
+        mlp_bias: bool = False,
+    ) -> None:
+        self.ops = ops
+        self.eps = args.rms_norm_eps
+        self.self_attn = attention
+        self.mlp = MLP(ops, w, f"{prefix}.mlp", args.hidden_size, args.intermediate_size, mlp_bias)
+        self.input_layernorm = w.vector(f"{prefix}.input_layernorm.weight", args.hidden_size)
+        self.post_attention_layernorm = w.vector(
+            f"{prefix}.post_attention_layernorm.weight", args.hidden_size
+        )
+
+    def __call__(self, x: Any, cache: KVCache, layer: int, offset: int) -> Any:
+        h = x + self.self_attn(self.ops.rms_norm(x, self.input_layernorm, self.eps), cache, layer, offset)
+        return h + self.mlp(self.ops.rms_norm(h, self.post_attention_layernorm, self.eps))
+
+
+class CausalLM:
+    """embed_tokens -> layers -> norm -> lm_head (tied to the embedding when the config says so)."""
+
+    attention_class: ClassVar[type]
+    mlp_bias_field: ClassVar[str | None] = None
+
+    def __init__(self, args: BaseModelArgs, ops: ModuleType, w: WeightReader) -> None:
+        self.args = args
+        self.ops = ops
+        inv_freq = ops.asarray(args.inv_freq(), "float32")
+        self.embed_tokens = w.embedding("model.embed_tokens", args.vocab_size, args.hidden_size)
+        mlp_bias = bool(getattr(args, self.mlp_bias_field)) if self.mlp_bias_field else False
+        self.layers = []
+        for i in range(args.num_hidden_layers):
+            prefix = f"model.layers.{i}"
+            attention = self.attention_class(args, ops, w, f"{prefix}.self_attn", inv_freq)
+            self.layers.append(Block(ops, w, prefix, args, attention, mlp_bias))
+        self.norm = w.vector("model.norm.weight", args.hidden_size)
+        if args.tie_word_embeddings:
+            self.lm_head = self.embed_tokens
+        else:
+            self.lm_head, _ = w.linear(["lm_head"], [args.vocab_size], args.hidden_size)
+
+    def __call__(self, ids: list[int], cache: KVCache, logits: str = "last") -> Any:
+        """Run `ids` through the model, appending them to `cache`.
+
+        logits: "all" -> [T, vocab]; "last" -> [1, vocab] (lm_head on the last position only);
+        "none" -> None (a prefill chunk whose logits nobody reads).
+        """
+        offset = cache.offset
+        h = self.ops.embedding(self.embed_tokens, ids)  # [T, hidden]
+        for i, layer in enumerate(self.layers):
+            h = layer(h, cache, i, offset)
+        if logits == "none":
+            return None
+        if logits == "last":
+            h = h[-1:]
+        h = self.ops.rms_norm(h, self.norm, self.args.rms_norm_eps)
+        return self.ops.linear(h, self.lm_head)

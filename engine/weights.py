@@ -1,0 +1,167 @@
+"""Turns checkpoint tensors into backend weights, checking every shape against the model's config.
+
+Model definitions ask for weights by their Hugging Face names; this module decides the storage:
+fused projections (q/k/v, gate/up) in one matrix, float32 on numpy, and MLX-quantized tensors
+(`.weight` packed uint32 + `.scales` + `.biases`) kept quantized where the backend can use them
+and dequantized once, here, where it cannot.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from engine.errors import ModelFormatError
+from engine.safetensors_io import Checkpoint
+
+DEQUANT_ROWS = 4096  # rows dequantized at a time, bounding the temporaries of big tables
+
+
+def dequantize(
+    packed: np.ndarray,
+    scales: np.ndarray,
+    biases: np.ndarray,
+    group_size: int,
+    bits: int,
+    out: np.ndarray | None = None,
+) -> np.ndarray:
+    """mlx affine dequantization: value j of each uint32 sits at bits [j*bits, (j+1)*bits)."""
+    rows = packed.shape[0]
+    per_word = 32 // bits
+    cols = packed.shape[1] * per_word
+    if out is None:
+        out = np.empty((rows, cols), dtype=np.float32)
+    shifts = (np.arange(per_word, dtype=np.uint32) * bits)[None, None, :]
+    mask = np.uint32((1 << bits) - 1)
+    for lo in range(0, rows, DEQUANT_ROWS):
+        hi = min(rows, lo + DEQUANT_ROWS)
+        q = (packed[lo:hi, :, None] >> shifts) & mask  # [r, words, per_word]
+        q = q.reshape(hi - lo, cols // group_size, group_size).astype(np.float32)
+        q *= scales[lo:hi, :, None].astype(np.float32)
+        q += biases[lo:hi, :, None].astype(np.float32)
+        out[lo:hi] = q.reshape(hi - lo, cols)
+    return out
+
+
+class WeightReader:
+    def __init__(self, checkpoint: Checkpoint, ops: ModuleType, quantization: dict | None) -> None:
+        self.checkpoint = checkpoint
+        self.ops = ops
+        self.quantization = quantization or {}
+        self.used: set[str] = set()
+
+    def has(self, name: str) -> bool:
+        return name in self.checkpoint
+
+    def _float(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
+        """A float32 tensor of exactly `shape` (still possibly a view of the mapped file)."""
+        if name not in self.checkpoint:
+            raise ModelFormatError(f"{self.checkpoint.directory}: tensor {name!r} is missing")
+        info = self.checkpoint.info(name)
+        if info.shape != shape:
+            raise ModelFormatError(
+                f"{self.checkpoint.file_of(name)}: tensor {name!r} has shape "
+                f"{list(info.shape)}, the config needs {list(shape)}"
+            )
+        self.used.add(name)
+        return self.checkpoint.float32(name)
+
+    def _quant_params(self, prefix: str) -> tuple[int, int] | None:
+        if f"{prefix}.scales" not in self.checkpoint:
+            return None
+        specific = self.quantization.get(prefix)
+        params = specific if isinstance(specific, dict) else self.quantization
+        if "group_size" not in params or "bits" not in params:
+            raise ModelFormatError(
+                f"{self.checkpoint.directory}: tensor {prefix + '.scales'!r} is quantized "
+                "but config.json has no quantization group_size/bits"
+            )
+        return int(params["group_size"]), int(params["bits"])
+
+    def _quantized_parts(
+        self, prefix: str, out_f: int, in_f: int, group_size: int, bits: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if in_f % group_size or 32 % bits:
+            raise ModelFormatError(
+                f"{self.checkpoint.directory}: {prefix!r} quantized with group_size "
+                f"{group_size}, bits {bits} does not fit input size {in_f}"
+            )
+        w = self.checkpoint.raw(f"{prefix}.weight")
+        expected = {
+            "weight": (out_f, in_f * bits // 32),
+            "scales": (out_f, in_f // group_size),
+            "biases": (out_f, in_f // group_size),
+        }
+        parts = {}
+        for kind, shape in expected.items():
+            name = f"{prefix}.{kind}"
+            parts[kind] = w if kind == "weight" else self._float(name, shape)
+            if kind == "weight":
+                info = self.checkpoint.info(name)
+                if info.shape != shape or info.dtype != "U32":
+                    raise ModelFormatError(
+                        f"{self.checkpoint.file_of(name)}: quantized tensor {name!r} is {info.dtype} "
+                        f"{list(info.shape)}, expected U32 {list(shape)} ({bits}-bit of [{out_f}, {in_f}])"
+                    )
+                self.used.add(name)
+        return parts["weight"], parts["scales"], parts["biases"]
+
+    def _release(self, prefix: str) -> None:
+        for kind in ("weight", "scales", "biases", "bias"):
+            if f"{prefix}.{kind}" in self.checkpoint:
+                self.checkpoint.release(f"{prefix}.{kind}")
+
+    def linear(
+        self, prefixes: list[str], out_sizes: list[int], in_size: int, bias: bool = False
+    ) -> tuple[Any, Any]:
+        """One linear weight for the projections `prefixes` stacked along the output dimension
+        (e.g. q, k, v), and their stacked bias or None."""
+        quant = [self._quant_params(p) for p in prefixes]
+        b = None
+        if bias:
+            b = np.concatenate(
+                [self._float(f"{p}.bias", (o,)) for p, o in zip(prefixes, out_sizes, strict=True)]
+            )
+            b = self.ops.asarray(b)
+        if quant[0] is not None and len(set(quant)) == 1 and hasattr(self.ops, "quantized_weight"):
+            group_size, bits = quant[0]
+            parts = [
+                self._quantized_parts(p, o, in_size, group_size, bits)
+                for p, o in zip(prefixes, out_sizes, strict=True)
+            ]
+            stacked = [np.concatenate([part[i] for part in parts]) for i in range(3)]
+            weight = self.ops.quantized_weight(*stacked, group_size, bits)
+        else:
+            full = np.empty((sum(out_sizes), in_size), dtype=np.float32)
+            row = 0
+            for p, o, q in zip(prefixes, out_sizes, quant, strict=True):
+                if q is None:
+                    full[row : row + o] = self._float(f"{p}.weight", (o, in_size))
+                else:
+                    dequantize(*self._quantized_parts(p, o, in_size, *q), *q, out=full[row : row + o])
+                row += o
+            weight = self.ops.linear_weight(full)
+            del full
+        for p in prefixes:
+            self._release(p)
+        return weight, b
+
+    def embedding(self, prefix: str, vocab: int, hidden: int) -> Any:
+        """The token embedding table; quantized on backends that can look up quantized rows."""
+        quant = self._quant_params(prefix)
+        if quant is None:
+            table = self.ops.asarray(np.array(self._float(f"{prefix}.weight", (vocab, hidden))))
+        elif hasattr(self.ops, "quantized_weight"):
+            table = self.ops.quantized_weight(*self._quantized_parts(prefix, vocab, hidden, *quant), *quant)
+        else:
+            table = dequantize(*self._quantized_parts(prefix, vocab, hidden, *quant), *quant)
+        self._release(prefix)
+        return table
+
+    def vector(self, name: str, size: int) -> Any:
+        """A 1-D float tensor (norm weights) in the backend's float dtype."""
+        arr = self.ops.asarray(np.array(self._float(name, (size,))))
+        self.checkpoint.release(name)
+        return arr

@@ -1,0 +1,158 @@
+"""The Redis tier of the KV block store, its shared counters, and the store as Workbench wires it.
+
+Blocks are binary values `wb:kv:<key hex>` with a TTL: they are the only keys (besides leases) that carry
+one, so the server's `volatile-lru` under `maxmemory` evicts blocks and nothing else. Hit/miss counters
+live in the hash `wb:kvstat:counters` (no TTL) so every process adds to the same numbers.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import redis
+
+from engine.blockrefs import FileRefs
+from engine.blocks import DEFAULT_BLOCK_SIZE, BlockStore
+from engine.blocktiers import DiskTier, MemoryTier
+from workbench import redis_server
+from workbench.errors import UsageError
+from workbench.paths import data_dir
+
+BLOCK_PREFIX = b"wb:kv:"
+STATS_KEY = b"wb:kvstat:counters"
+DEFAULT_TTL_S = 7 * 24 * 3600
+_SCAN_COUNT = 1000
+
+
+class RedisTier:
+    """`engine.blocks.BlockTier` over Redis. A read refreshes the TTL (GETEX), so hot blocks stay."""
+
+    name = "redis"
+
+    def __init__(self, client: redis.Redis | None = None, ttl_s: int = DEFAULT_TTL_S) -> None:
+        self.client = client if client is not None else redis_server.connect()
+        self.ttl_s = ttl_s
+
+    def _k(self, key: str) -> bytes:
+        return BLOCK_PREFIX + key.encode()
+
+    def get(self, key: str) -> bytes | None:
+        return self.client.getex(self._k(key), ex=self.ttl_s)
+
+    def get_many(self, keys: list[str]) -> list[bytes | None]:
+        """Pipelined reads: one round trip for many blocks."""
+        pipe = self.client.pipeline(transaction=False)
+        for key in keys:
+            pipe.getex(self._k(key), ex=self.ttl_s)
+        return pipe.execute()
+
+    def put(self, key: str, data: bytes) -> None:
+        self.client.set(self._k(key), data, ex=self.ttl_s)
+
+    def contains(self, keys: list[str]) -> list[bool]:
+        if not keys:
+            return []
+        pipe = self.client.pipeline(transaction=False)
+        for key in keys:
+            pipe.exists(self._k(key))
+        return [bool(n) for n in pipe.execute()]
+
+    def delete(self, keys: list[str]) -> int:
+        removed = 0
+        for i in range(0, len(keys), 500):
+            removed += self.client.delete(*(self._k(k) for k in keys[i : i + 500]))
+        return removed
+
+    def _names(self) -> list[bytes]:
+        return list(self.client.scan_iter(match=BLOCK_PREFIX + b"*", count=_SCAN_COUNT))
+
+    def scan(self) -> list[tuple[str, float]]:
+        names = self._names()
+        pipe = self.client.pipeline(transaction=False)
+        for name in names:
+            pipe.object("idletime", name)
+        idle = pipe.execute(raise_on_error=False)
+        return [
+            (name[len(BLOCK_PREFIX) :].decode(), float(t))
+            for name, t in zip(names, idle, strict=True)
+            if isinstance(t, int)  # a key evicted between SCAN and OBJECT answers an error
+        ]
+
+    def stats(self) -> dict:
+        names = self._names()
+        pipe = self.client.pipeline(transaction=False)
+        for name in names:
+            pipe.strlen(name)
+        sizes = pipe.execute()
+        return {"blocks": sum(1 for s in sizes if s), "bytes": sum(sizes), "ttl_s": self.ttl_s}
+
+    def clear(self) -> None:
+        self.delete([n[len(BLOCK_PREFIX) :].decode() for n in self._names()])
+
+
+class RedisStats:
+    """`engine.blocks.StatsSink`: counters shared by every process in `wb:kvstat:counters`."""
+
+    def __init__(self, client: redis.Redis | None = None) -> None:
+        self.client = client if client is not None else redis_server.connect()
+
+    def incr(self, counts: dict[str, int]) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        for field, n in counts.items():
+            pipe.hincrby(STATS_KEY, field, n)
+        pipe.execute()
+
+    def read(self) -> dict[str, int]:
+        return {k.decode(): int(v) for k, v in self.client.hgetall(STATS_KEY).items()}
+
+    def reset(self) -> None:
+        self.client.delete(STATS_KEY)
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if not raw:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise UsageError(f"{name}={raw!r} is not an integer") from None
+
+
+def kv_dir() -> Path:
+    return data_dir() / "kv"
+
+
+def open_block_store(
+    client: redis.Redis | None = None,
+    *,
+    block_size: int | None = None,
+    dtype: str | None = None,
+    memory_mb: int | None = None,
+    disk_mb: int | None = None,
+    ttl_s: int = DEFAULT_TTL_S,
+) -> BlockStore:
+    """The store as Workbench uses it: memory -> disk (data_dir/kv) -> Redis, pins in data_dir/kv/refs.
+
+    Unset arguments come from WORKBENCH_KV_BLOCK_SIZE, WORKBENCH_KV_DTYPE (float32|float16|int8; unset:
+    the engine's KV dtype), WORKBENCH_KV_MEMORY_MB (512) and WORKBENCH_KV_DISK_MB (16384).
+    """
+    client = client if client is not None else redis_server.connect()
+    root = kv_dir()
+    dtype = dtype or os.environ.get("WORKBENCH_KV_DTYPE") or None
+    tiers = [
+        MemoryTier((memory_mb or _env_int("WORKBENCH_KV_MEMORY_MB", 512)) << 20),
+        DiskTier(root, (disk_mb or _env_int("WORKBENCH_KV_DISK_MB", 16384)) << 20),
+        RedisTier(client, ttl_s),
+    ]
+    try:
+        return BlockStore(
+            tiers,
+            block_size=block_size or _env_int("WORKBENCH_KV_BLOCK_SIZE", DEFAULT_BLOCK_SIZE),
+            dtype=dtype,
+            refs=FileRefs(root / "refs"),
+            stats_sink=RedisStats(client),
+        )
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None

@@ -1,0 +1,336 @@
+"""Session storage: a durable JSONL log per session (the source of truth) mirrored into Redis.
+
+Redis keys (see docs/architecture.md; none has a TTL except leases):
+  wb:s:<id>          hash   the SessionInfo fields, JSON-encoded, plus log_size (bytes of the disk log
+                            the Redis side reflects)
+  wb:s:<id>:log      list   the log records, one JSON line each, exactly as on disk
+  wb:s:index         zset   id -> updated time (listing, newest first)
+  wb:s:repo:<path>   zset   id -> updated time, per repository
+  wb:s:fts:*                the full-text index (search.py)
+On start, a session whose Redis side is missing or lags its disk log (FLUSHALL, a new Redis, a
+crash) is rebuilt from disk.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from sessions import ids, search
+from sessions.log import (
+    SessionFile,
+    header_record,
+    history_delta,
+    message_record,
+    meta_record,
+    parse_lines,
+    partial_record,
+    replay,
+)
+from sessions.model import Message, Session, SessionInfo
+from workbench.errors import NotFound
+from workbench.paths import data_dir, ensure_writable
+
+log = logging.getLogger("workbench.sessions")
+
+INDEX_KEY = "wb:s:index"
+_REBUILD_BATCH = 200
+
+
+def session_key(session_id: str) -> str:
+    return f"wb:s:{session_id}"
+
+
+def log_key(session_id: str) -> str:
+    return f"wb:s:{session_id}:log"
+
+
+def repo_key(repo: str) -> str:
+    return f"wb:s:repo:{repo}"
+
+
+@dataclass
+class SearchHit:
+    session: SessionInfo
+    score: float
+    matched: list[str]
+    message_number: int | None  # 1-based number of the best matching message; None: the title
+    snippet: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "session_id": self.session.id,
+            "title": self.session.title,
+            "repo": self.session.repo,
+            "updated": self.session.updated,
+            "score": round(self.score, 4),
+            "matched": self.matched,
+            "message": self.message_number,
+            "snippet": self.snippet,
+        }
+
+
+def _hash_fields(info: SessionInfo, log_size: int | None = None) -> dict[str, str]:
+    data = info.info_dict()
+    if log_size is not None:
+        data["log_size"] = log_size
+    return {k: json.dumps(v, ensure_ascii=False) for k, v in data.items()}
+
+
+def _info_from_hash(raw: dict[bytes, bytes]) -> SessionInfo:
+    data = {k.decode(): json.loads(v) for k, v in raw.items()}
+    data.pop("log_size", None)
+    return SessionInfo.from_info_dict(data)
+
+
+class SessionStore:
+    def __init__(self, r: redis.Redis, root: Path | None = None, sync: bool = True) -> None:
+        self.r = r
+        self.root = ensure_writable(root or data_dir() / "sessions")
+        self._lock = threading.RLock()  # one writer at a time per process: log order = Redis order
+        if sync:
+            self.sync_from_disk()
+
+    def file(self, session_id: str) -> SessionFile:
+        return SessionFile(self.root / f"{session_id}.jsonl")
+
+    # -- writing -------------------------------------------------------------------------------
+
+    def create(self, session: Session, records: list[dict[str, Any]] | None = None) -> None:
+        """Write a new session (header plus any `records`, e.g. a fork's copied messages)."""
+        with self._lock:
+            lines = [header_record(session), *(records or [])]
+            size = self.file(session.id).write_new(lines)
+            pipe = self.r.pipeline()
+            self._put_redis(pipe, session, [json.dumps(x, ensure_ascii=False) for x in lines], size)
+            pipe.execute()
+
+    def append_message(
+        self,
+        session: Session,
+        message: Message,
+        history: list[int] | None = None,
+        fingerprint: str = "",
+        dtype: str = "",
+    ) -> int:
+        """Record a complete (or interrupted) message durably; returns its index.
+
+        `history`: the token ids the session's KV blocks are now saved under (assistant replies).
+        """
+        with self._lock:
+            index = len(session.messages)
+            delta = None
+            if history is not None:
+                delta = history_delta(session.history, history, fingerprint, dtype)
+            record = message_record(index, message, delta)
+            size = self.file(session.id).append([record], sync=True)
+            session.messages.append(message)
+            session.message_count = len(session.messages)
+            session.updated = max(session.updated, message.created)
+            if history is not None:
+                session.history = list(history)
+                session.history_fingerprint, session.history_dtype = fingerprint, dtype
+            pipe = self.r.pipeline()
+            pipe.rpush(log_key(session.id), json.dumps(record, ensure_ascii=False))
+            fields = {"updated": session.updated, "message_count": session.message_count, "log_size": size}
+            pipe.hset(session_key(session.id), mapping={k: json.dumps(v) for k, v in fields.items()})
+            self._touch(pipe, session)
+            search.add_text(pipe, session.id, message.content)
+            pipe.execute()
+            return index
+
+    def append_partial(self, session: Session, index: int, content: str, reasoning: str, now: float) -> None:
+        """Record text generated so far for reply `index` (no fsync: it only has to survive kill -9).
+
+        log_size is left behind on purpose: should the reply never complete, the next start sees
+        the lag and rebuilds the session from disk, indexing the interrupted reply for search.
+        """
+        with self._lock:
+            record = partial_record(index, content, reasoning)
+            record["created"] = now
+            self.file(session.id).append([record], sync=False)
+            session.updated = now
+            pipe = self.r.pipeline()
+            pipe.rpush(log_key(session.id), json.dumps(record, ensure_ascii=False))
+            fields = {"updated": now, "message_count": index + 1}
+            pipe.hset(session_key(session.id), mapping={k: json.dumps(v) for k, v in fields.items()})
+            self._touch(pipe, session)
+            pipe.execute()
+
+    def update_meta(self, session: Session, **changes: Any) -> None:
+        """Rename, change settings or model: one meta record, applied to `session` too."""
+        with self._lock:
+            record = meta_record(changes)
+            size = self.file(session.id).append([record], sync=True)
+            old_title = session.title
+            for key, value in changes.items():
+                if key == "history_reset":
+                    session.history, session.history_fingerprint, session.history_dtype = [], "", ""
+                else:
+                    setattr(session, key, value)
+            pipe = self.r.pipeline()
+            pipe.rpush(log_key(session.id), json.dumps(record, ensure_ascii=False))
+            pipe.hset(session_key(session.id), mapping=_hash_fields(session, size))
+            if session.title != old_title:
+                search.remove_text(pipe, session.id, old_title, search.TITLE_WEIGHT)
+                search.add_text(pipe, session.id, session.title, search.TITLE_WEIGHT)
+            pipe.execute()
+
+    def delete(self, session_id: str) -> None:
+        with self._lock:
+            info = self.info(session_id)
+            search.remove_session(self.r, session_id)
+            pipe = self.r.pipeline()
+            pipe.delete(session_key(session_id), log_key(session_id))
+            pipe.zrem(INDEX_KEY, session_id)
+            pipe.zrem(repo_key(info.repo), session_id)
+            pipe.execute()
+            self.file(session_id).path.unlink(missing_ok=True)
+
+    def _touch(self, pipe: redis.client.Pipeline, session: SessionInfo) -> None:
+        pipe.zadd(INDEX_KEY, {session.id: session.updated})
+        pipe.zadd(repo_key(session.repo), {session.id: session.updated})
+
+    def _put_redis(self, pipe: redis.client.Pipeline, session: Session, lines: list[str], size: int) -> None:
+        """The whole Redis side of one session (creation and rebuild share this)."""
+        pipe.delete(session_key(session.id), log_key(session.id))
+        pipe.hset(session_key(session.id), mapping=_hash_fields(session, size))
+        if lines:
+            pipe.rpush(log_key(session.id), *lines)
+        self._touch(pipe, session)
+        search.add_text(pipe, session.id, session.title, search.TITLE_WEIGHT)
+        for message in session.messages:
+            search.add_text(pipe, session.id, message.content)
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def exists(self, session_id: str) -> bool:
+        return bool(self.r.exists(session_key(session_id))) or self.file(session_id).path.exists()
+
+    def info(self, session_id: str) -> SessionInfo:
+        raw = self.r.hgetall(session_key(session_id))
+        if raw:
+            return _info_from_hash(raw)
+        return self.load(session_id)
+
+    def load(self, session_id: str, stop_after: int | None = None) -> Session:
+        """The session with its messages: from the Redis log, or the disk log if Redis lacks it."""
+        lines = self.r.lrange(log_key(session_id), 0, -1)
+        if lines:
+            where = f"redis {log_key(session_id)}"
+            session = replay(parse_lines(lines, where), where, stop_after)
+        elif self.file(session_id).path.exists():
+            session = self.file(session_id).load(stop_after)
+        else:
+            raise NotFound(f"no session {session_id} (see `workbench sessions list`)")
+        if session is None:
+            path = self.file(session_id).path
+            raise NotFound(f"session {session_id}: its log has no readable session header ({path})")
+        return session
+
+    def list(self, repo: str | None = None, limit: int | None = None, offset: int = 0) -> list[SessionInfo]:
+        """Sessions newest first, optionally only those of one repository."""
+        key = repo_key(repo) if repo else INDEX_KEY
+        end = -1 if limit is None else offset + limit - 1
+        return self._infos([m.decode() for m in self.r.zrevrange(key, offset, end)])
+
+    def latest(self, repo: str) -> SessionInfo | None:
+        found = self.list(repo=repo, limit=1)
+        return found[0] if found else None
+
+    def all_ids(self) -> list[str]:
+        return [m.decode() for m in self.r.zrange(INDEX_KEY, 0, -1)]
+
+    def resolve(self, prefix: str) -> str:
+        """Full id for an id or unique prefix (NotFound / AmbiguousId listing candidates)."""
+        text = ids.normalize_prefix(prefix)
+        if ids.is_valid(text) and self.exists(text):
+            return text
+
+        def describe(session_id: str) -> str:
+            raw = self.r.hget(session_key(session_id), "title")
+            return json.loads(raw) if raw else ""
+
+        return ids.resolve_prefix(prefix, self.all_ids(), describe)
+
+    def _infos(self, session_ids: list[str]) -> list[SessionInfo]:
+        pipe = self.r.pipeline(transaction=False)
+        for session_id in session_ids:
+            pipe.hgetall(session_key(session_id))
+        return [_info_from_hash(raw) for raw in pipe.execute() if raw]
+
+    def search(self, query: str, repo: str | None = None, limit: int = 20) -> list[SearchHit]:
+        allowed = {m.decode() for m in self.r.zrange(repo_key(repo), 0, -1)} if repo else None
+        scored = search.search(self.r, query, limit, allowed)
+        infos = {i.id: i for i in self._infos([s.session_id for s in scored])}
+        hits = []
+        for s in scored:
+            info = infos.get(s.session_id)
+            if info is None:
+                continue
+            number, snippet = self._best_message(s.session_id, s.matched, info.title)
+            hits.append(SearchHit(info, s.score, s.matched, number, snippet))
+        return hits
+
+    def _best_message(self, session_id: str, matched: list[str], title: str) -> tuple[int | None, str]:
+        try:
+            session = self.load(session_id)
+        except NotFound:
+            return None, title
+        best, best_count = None, 0
+        for number, message in enumerate(session.messages, start=1):
+            words = set(search.terms(message.content))
+            count = sum(1 for t in matched if t in words)
+            if count > best_count:
+                best, best_count = number, count
+        if best is None:
+            return None, title
+        return best, search.snippet(session.messages[best - 1].content, matched)
+
+    # -- rebuild -------------------------------------------------------------------------------
+
+    def sync_from_disk(self) -> list[str]:
+        """Rebuild the Redis side of every session whose disk log it does not reflect; returns their ids."""
+        files = {p.stem: p for p in self.root.glob("*.jsonl") if ids.is_valid(p.stem)}
+        order = sorted(files)
+        pipe = self.r.pipeline(transaction=False)
+        for session_id in order:
+            pipe.hget(session_key(session_id), "log_size")
+        sizes = pipe.execute()
+        stale = []
+        for session_id, size in zip(order, sizes, strict=True):
+            try:
+                on_disk = files[session_id].stat().st_size
+            except FileNotFoundError:
+                continue  # deleted meanwhile by another process
+            if size is None or json.loads(size) != on_disk:
+                stale.append(session_id)
+        for start in range(0, len(stale), _REBUILD_BATCH):
+            self._rebuild(stale[start : start + _REBUILD_BATCH])
+        if stale:
+            log.info("rebuilt the Redis side of %d session(s) from %s", len(stale), self.root)
+        return stale
+
+    def _rebuild(self, session_ids: list[str]) -> None:
+        pipe = self.r.pipeline(transaction=False)
+        for session_id in session_ids:
+            search.remove_session(self.r, session_id)
+            file = self.file(session_id)
+            try:
+                data = file.path.read_bytes()
+            except FileNotFoundError:
+                continue
+            records = list(parse_lines(data.splitlines(), str(file.path)))
+            session = replay(iter(records), str(file.path))
+            if session is None:
+                log.warning("%s: no readable session header; left out of the index", file.path)
+                continue
+            lines = [json.dumps(r, ensure_ascii=False) for _, r in records]
+            self._put_redis(pipe, session, lines, len(data))
+        pipe.execute()

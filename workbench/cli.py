@@ -1,0 +1,94 @@
+"""`workbench`: the command line. A thin shell over the session service and the other packages.
+
+Each command family lives in `workbench/cmd_<name>.py` with `register(subparsers)`; its parsers set
+`func=handler`, and `handler(args) -> int` returns the exit code. Expected failures are raised as
+`WorkbenchError` (or engine errors) and printed as one line: `workbench: <message>`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from workbench.errors import UsageError, WorkbenchError
+
+COMMAND_MODULES = [
+    "workbench.cmd_doctor",
+    "workbench.cmd_redis",
+]
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises UsageError (exit 2, one line) instead of printing usage and exiting."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{message} (see `{self.prog} --help`)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="workbench",
+        description="A terminal workbench for a local coding assistant.",
+    )
+    parser.set_defaults(func=None)
+    sub = parser.add_subparsers(title="commands", metavar="COMMAND", parser_class=_Parser)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    headless = _headless_module()
+    if headless is not None:
+        headless.add_arguments(parser)
+    return parser
+
+
+def _headless_module():  # noqa: ANN202 - a module or None
+    try:
+        return importlib.import_module("workbench.headless")
+    except ModuleNotFoundError as exc:
+        if exc.name != "workbench.headless":
+            raise
+        return None
+
+
+def _engine_exit_code(exc: Exception) -> int | None:
+    """Engine errors are not WorkbenchErrors (engine/ imports nothing of ours): map them here."""
+    try:
+        from engine import errors
+    except ImportError:
+        return None
+    if isinstance(exc, errors.ModelNotFoundError):
+        return 3
+    if isinstance(exc, errors.EngineError):
+        return 1
+    return None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = build_parser().parse_args(argv)
+        if args.func is not None:
+            return int(args.func(args))
+        headless = _headless_module()
+        if headless is not None and headless.wants_headless(args):
+            return int(headless.run(args))
+        from workbench.cmd_doctor import welcome
+
+        return welcome()
+    except WorkbenchError as exc:
+        print(f"workbench: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("workbench: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        code = _engine_exit_code(exc)
+        if code is None:
+            raise
+        print(f"workbench: {exc}", file=sys.stderr)
+        return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
