@@ -6,13 +6,13 @@ from engine.model import Model
 __all__ = ["Model", "load_model"]
 
 # Tokenizer, sampling and generation (engine-gen).
-from engine.detok import ReasoningSplitter, StreamingDetokenizer  # noqa: E402
-from engine.generate import Delta, GenerationResult, generate  # noqa: E402
-from engine.hub import DEFAULT_MODEL  # noqa: E402
-from engine.sampling import SamplingParams, make_sampler  # noqa: E402
-from engine.tokenizer import Tokenizer  # noqa: E402
+from engine.detok import ReasoningSplitter, StreamingDetokenizer
+from engine.generate import Delta, GenerationResult, generate
+from engine.hub import DEFAULT_MODEL
+from engine.sampling import SamplingParams, make_sampler
+from engine.tokenizer import Tokenizer
 
-__all__ += [  # noqa: PLE0605
+__all__ += [
     "DEFAULT_MODEL",
     "Delta",
     "GenerationResult",

@@ -122,12 +122,12 @@ def encode_block(
             parts += [q.tobytes(), scale.astype("<f2").tobytes()]
     else:
         for x in (k, v):
-            parts.append(np.ascontiguousarray(x, dtype=np_dtype).data.cast("B"))
+            parts.append(np.ascontiguousarray(x, dtype=np_dtype).reshape(-1).view(np.uint8).data)
     n_logits = 0
     if logits is not None:
         lg = np.ascontiguousarray(logits, dtype="<f4").reshape(-1)
         n_logits = lg.size
-        parts.append(lg.data.cast("B"))
+        parts.append(lg.view(np.uint8).data)
     payload_len = sum(len(p) for p in parts)
     head = _HEAD.pack(
         MAGIC,

@@ -34,7 +34,7 @@ from engine.blockformat import (
     decode_block,
     encode_block,
 )
-from engine.blockkeys import chain_keys, storage_dtype, tail_key
+from engine.blockkeys import chain_keys, model_identity, storage_dtype, tail_key
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ class RestoreResult:
 
 def _shape(model: Any) -> BlockShape:
     c = model.config
-    return BlockShape(model.fingerprint, c.num_hidden_layers, c.num_key_value_heads, c.head_dim)
+    return BlockShape(model_identity(model), c.num_hidden_layers, c.num_key_value_heads, c.head_dim)
 
 
 class BlockStore:
@@ -125,7 +125,7 @@ class BlockStore:
         if start % self.block_size or start > len(token_ids):
             return res
         dtype = storage_dtype(model, self.dtype)
-        keys = chain_keys(model.fingerprint, dtype, token_ids, self.block_size)
+        keys = chain_keys(model_identity(model), dtype, token_ids, self.block_size)
         first = start // self.block_size
         try:
             self._load_blocks(model, cache, keys, first, res)
@@ -136,7 +136,7 @@ class BlockStore:
                 # an empty tail is only worth reading for its logits.
                 if end > total or end // self.block_size * self.block_size != pos or (end == pos < total):
                     continue
-                tkey = tail_key(model.fingerprint, dtype, parent, token_ids[pos:end])
+                tkey = tail_key(model_identity(model), dtype, parent, token_ids[pos:end])
                 if self._load_tail(model, cache, tkey, end, total, res):
                     break
         except Exception as exc:  # e.g. a cache that rejects the arrays: all or nothing
@@ -162,10 +162,9 @@ class BlockStore:
                 out.append([False] * len(keys))
         return out
 
-    def _fetch(
-        self, model: Any, key: str, kind: int, tiers: list[int]
-    ) -> tuple[int, int, DecodedBlock] | None:
-        """The first valid copy of `key` among `tiers` (indices), as (tier index, bytes, block)."""
+    def _fetch(self, model: Any, key: str, kind: int, tiers: list[int]) -> tuple[tuple | None, int]:
+        """The first valid copy of `key` among `tiers` (indices) as ((tier index, bytes, block) | None,
+        number of bad copies deleted on the way)."""
         dropped = 0
         for ti in tiers:
             tier = self.tiers[ti]
@@ -188,12 +187,9 @@ class BlockStore:
                 except Exception as del_exc:
                     log.warning("could not delete bad block %s from %s: %s", key[:16], tier.name, del_exc)
                 continue
-            self._count({"dropped_blocks": dropped} if dropped else {})
             self._promote(key, data, ti)
-            return ti, len(data), block
-        if dropped:
-            self._count({"dropped_blocks": dropped})
-        return None
+            return (ti, len(data), block), dropped
+        return None, dropped
 
     def _load_blocks(self, model: Any, cache: Any, keys: list[str], first: int, res: RestoreResult) -> None:
         presence = self._presence(keys[first:])
@@ -203,14 +199,15 @@ class BlockStore:
             if not holders:
                 break
             run.append((key, holders))
-        for got in self._prefetched(model, run):
+        for got, dropped in self._prefetched(model, run):
+            res.dropped += dropped
             if got is None:  # every copy of this block was bad: the run ends here
                 break
             ti, nbytes, block = got
             self._extend(model, cache, block)
             self._account(res, ti, nbytes, block.n_tokens)
 
-    def _prefetched(self, model: Any, run: list[tuple[str, list[int]]]) -> Iterator[tuple | None]:
+    def _prefetched(self, model: Any, run: list[tuple[str, list[int]]]) -> Iterator[tuple]:
         """Fetch and verify blocks on reader threads, a few ahead of the caller, in order."""
         futures: list[Future] = []
         try:
@@ -225,7 +222,8 @@ class BlockStore:
                 f.cancel()
 
     def _load_tail(self, model: Any, cache: Any, key: str, end: int, total: int, res: RestoreResult) -> bool:
-        got = self._fetch(model, key, KIND_TAIL, list(range(len(self.tiers))))
+        got, dropped = self._fetch(model, key, KIND_TAIL, list(range(len(self.tiers))))
+        res.dropped += dropped
         if got is None:
             return False
         ti, nbytes, block = got
@@ -272,7 +270,7 @@ class BlockStore:
         if n < len(token_ids):
             last_logits = None  # logits of a position the cache does not hold
         dtype = storage_dtype(model, self.dtype)
-        keys = chain_keys(model.fingerprint, dtype, token_ids[:n], self.block_size)
+        keys = chain_keys(model_identity(model), dtype, token_ids[:n], self.block_size)
         presence = self._presence(keys)
         bs = self.block_size
         for i, key in enumerate(keys):
@@ -281,16 +279,18 @@ class BlockStore:
             ]
             if targets:
                 k, v = cache.export(i * bs, (i + 1) * bs)
-                self._enqueue(("encode", key, KIND_BLOCK, model.fingerprint, dtype, k, v, None, targets))
+                self._enqueue(("encode", key, KIND_BLOCK, model_identity(model), dtype, k, v, None, targets))
         pos = len(keys) * bs
         if pos == n and last_logits is None:
             return
-        tkey = tail_key(model.fingerprint, dtype, keys[-1] if keys else None, token_ids[pos:n])
+        tkey = tail_key(model_identity(model), dtype, keys[-1] if keys else None, token_ids[pos:n])
         present = self._presence([tkey])
         targets = [t for ti, t in enumerate(self.tiers) if not present[ti][0] and self._claim(t.name, tkey)]
         if targets:
             k, v = cache.export(pos, n)
-            self._enqueue(("encode", tkey, KIND_TAIL, model.fingerprint, dtype, k, v, last_logits, targets))
+            self._enqueue(
+                ("encode", tkey, KIND_TAIL, model_identity(model), dtype, k, v, last_logits, targets)
+            )
 
     def _claim(self, tier: str, key: str) -> bool:
         with self._pending_lock:
@@ -352,9 +352,9 @@ class BlockStore:
     def session_keys(self, model: Any, token_ids: list[int]) -> list[str]:
         """Every key a saved history occupies: its complete blocks and its tail record."""
         dtype = storage_dtype(model, self.dtype)
-        keys = chain_keys(model.fingerprint, dtype, token_ids, self.block_size)
+        keys = chain_keys(model_identity(model), dtype, token_ids, self.block_size)
         pos = len(keys) * self.block_size
-        return [*keys, tail_key(model.fingerprint, dtype, keys[-1] if keys else None, token_ids[pos:])]
+        return [*keys, tail_key(model_identity(model), dtype, keys[-1] if keys else None, token_ids[pos:])]
 
     def pin(self, session_id: str, model: Any, token_ids: list[int]) -> None:
         """Record that `session_id`'s history is `token_ids` (replacing its previous pin)."""

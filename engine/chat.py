@@ -49,7 +49,11 @@ def _raise_exception(message: str) -> None:
 
 
 def _tojson(
-    x: Any, ensure_ascii: bool = False, indent: int | None = None, separators: Any = None, sort_keys: bool = False
+    x: Any,
+    ensure_ascii: bool = False,
+    indent: int | None = None,
+    separators: Any = None,
+    sort_keys: bool = False,
 ) -> str:
     # Jinja's own tojson escapes <, >, & and ' for HTML; chat templates need plain JSON.
     return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
@@ -105,11 +109,13 @@ def compile_template(source: str) -> jinja2.Template:
     try:
         return env.from_string(source)
     except jinja2.TemplateSyntaxError as exc:
-        raise ChatTemplateError(f"chat template does not compile (line {exc.lineno}): {exc.message}") from None
+        raise ChatTemplateError(
+            f"chat template does not compile (line {exc.lineno}): {exc.message}"
+        ) from None
 
 
 def _plain(value: Any) -> Any:
-    """Rebuild template inputs from plain JSON types, as transformers does (nothing else reaches the sandbox)."""
+    """Rebuild template inputs from plain JSON types (as transformers): nothing else reaches the sandbox."""
     if value is None or type(value) in (str, int, float, bool):
         return value
     if isinstance(value, str):
@@ -143,15 +149,19 @@ def _prepare_messages(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, A
 
 
 def select_template(templates: str | dict[str, str] | None, has_tools: bool, where: str) -> str:
-    """Pick the template text: a single string, or a named set ("default", "tool_use") as transformers does."""
+    """The template text: a single string, or from a named set ("default", "tool_use") as transformers."""
     if isinstance(templates, dict):
         if has_tools and "tool_use" in templates:
             return templates["tool_use"]
         if "default" in templates:
             return templates["default"]
-        raise ChatTemplateError(f"{where} has named chat templates {sorted(templates)} but none named 'default'")
+        raise ChatTemplateError(
+            f"{where} has named chat templates {sorted(templates)} but none named 'default'"
+        )
     if not templates:
-        raise ChatTemplateError(f"{where} has no chat template (no chat_template.jinja, no 'chat_template' key)")
+        raise ChatTemplateError(
+            f"{where} has no chat template (no chat_template.jinja, no 'chat_template' key)"
+        )
     return templates
 
 
@@ -170,7 +180,9 @@ def render(
     if tools is not None:
         for i, tool in enumerate(tools):
             if not isinstance(tool, Mapping):
-                raise ChatTemplateError(f"tool {i} is a {type(tool).__name__}; tools must be JSON-schema dicts")
+                raise ChatTemplateError(
+                    f"tool {i} is a {type(tool).__name__}; tools must be JSON-schema dicts"
+                )
     variables = {**_plain(dict(special_tokens)), **_plain(kwargs)}
     try:
         return compile_template(template).render(

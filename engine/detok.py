@@ -37,9 +37,9 @@ class StreamingDetokenizer:
     def add(self, token_id: int) -> str:
         """The text completed by `token_id` ("" while a character is still incomplete)."""
         if self._table is not None:
-            if not 0 <= token_id < len(self._table):
-                raise ValueError(f"token id {token_id} is outside the vocabulary (size {len(self._table)})")
-            return self._utf8.decode(self._table[token_id])
+            # Ids past the tokenizer (padding rows of the embedding) decode to nothing, as in tok.decode.
+            data = self._table[token_id] if 0 <= token_id < len(self._table) else b""
+            return self._utf8.decode(data)
         self._ids.append(token_id)
         prefix = self._tok.decode(self._ids[self._prefix_offset : self._read_offset])
         text = self._tok.decode(self._ids[self._prefix_offset :])
@@ -81,7 +81,9 @@ class ReasoningSplitter:
     for prompts whose template already opened <think>.
     """
 
-    def __init__(self, open_tag: str = "<think>", close_tag: str = "</think>", in_reasoning: bool = False) -> None:
+    def __init__(
+        self, open_tag: str = "<think>", close_tag: str = "</think>", in_reasoning: bool = False
+    ) -> None:
         self.open_tag = open_tag
         self.close_tag = close_tag
         self.in_reasoning = in_reasoning

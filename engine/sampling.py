@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-# top-p first looks at this many best tokens; only if they hold less than top_p of the mass (a very
-# flat distribution) does it sort the whole vocabulary.
-_TOP_P_CANDIDATES = 1024
+# top-p sorts only the best few tokens when they already hold top_p of the mass (the usual case for a
+# language model); flatter distributions widen the candidate set, and only the flattest sort everything.
+_TOP_P_CANDIDATES = (1024, 16384)
 
 
 @dataclass
@@ -58,51 +58,74 @@ def apply_repetition_penalty(logits: np.ndarray, seen: np.ndarray, penalty: floa
     return out
 
 
-def apply_top_k(logits: np.ndarray, k: int) -> np.ndarray:
-    """Keep the k highest logits (and any tied with the k-th); the rest become -inf."""
-    if k <= 0 or k >= logits.size:
-        return logits
-    kth = np.partition(logits, logits.size - k)[logits.size - k]
-    return np.where(logits < kth, -np.inf, logits).astype(logits.dtype, copy=False)
-
-
 def _softmax(logits: np.ndarray) -> np.ndarray:
     z = logits - logits.max()
     e = np.exp(z, dtype=np.float64)
     return e / e.sum()
 
 
+def top_k_ids(logits: np.ndarray, k: int) -> np.ndarray:
+    """Ids of the k highest logits (and any tied with the k-th), in vocabulary order."""
+    kth = np.partition(logits, logits.size - k)[logits.size - k]
+    return np.flatnonzero(logits >= kth)
+
+
+def _best_reaching(ids: np.ndarray, probs: np.ndarray, p: float) -> np.ndarray:
+    """The best-first prefix of `ids` whose probabilities sum to at least p (at least one id)."""
+    # quicksort: a stable sort of 150k floats is 10x slower, and ties are arbitrary in transformers too.
+    order = ids[np.argsort(-probs[ids])]
+    before = np.cumsum(probs[order]) - probs[order]
+    # A token stays if the mass of the better tokens is still short of p.
+    n_keep = int(np.searchsorted(before, p, side="left"))
+    return order[: max(1, min(n_keep, order.size))]
+
+
+def top_p_ids(logits: np.ndarray, p: float) -> np.ndarray:
+    """Ids of the smallest set of best tokens whose probabilities sum to at least p."""
+    probs = _softmax(logits)
+    for n in _TOP_P_CANDIDATES:
+        if n >= probs.size:
+            break
+        best = np.argpartition(probs, probs.size - n)[probs.size - n :]
+        if probs[best].sum() >= p:
+            return _best_reaching(best, probs, p)
+    # A flat distribution (high temperature): sort everything.
+    return _best_reaching(np.arange(probs.size), probs, p)
+
+
+def min_p_ids(logits: np.ndarray, min_p: float) -> np.ndarray:
+    """Ids whose probability is at least min_p times the best token's."""
+    # p_i >= min_p * p_max  <=>  logit_i >= logit_max + log(min_p)
+    return np.flatnonzero(logits >= logits.max() + np.log(min_p))
+
+
+def _masked(logits: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    out = np.full_like(logits, -np.inf)
+    out[ids] = logits[ids]
+    return out
+
+
+def apply_top_k(logits: np.ndarray, k: int) -> np.ndarray:
+    """Keep the k highest logits (and any tied with the k-th); the rest become -inf."""
+    return logits if k <= 0 or k >= logits.size else _masked(logits, top_k_ids(logits, k))
+
+
 def apply_top_p(logits: np.ndarray, p: float) -> np.ndarray:
     """Keep the smallest set of best tokens whose probabilities sum to at least p (always >= 1 token)."""
-    if p >= 1.0:
-        return logits
-    probs = _softmax(logits)
-    n = min(_TOP_P_CANDIDATES, probs.size)
-    candidates = np.argpartition(probs, probs.size - n)[probs.size - n :]
-    if probs[candidates].sum() < p:
-        candidates = np.arange(probs.size)
-    order = candidates[np.argsort(-probs[candidates], kind="stable")]
-    cumulative = np.cumsum(probs[order])
-    # A token stays if the mass of the tokens before it is still short of p.
-    n_keep = int(np.searchsorted(cumulative - probs[order], p, side="left"))
-    n_keep = max(1, min(n_keep, order.size))
-    out = np.full_like(logits, -np.inf)
-    keep = order[:n_keep]
-    out[keep] = logits[keep]
-    return out
+    return logits if p >= 1.0 else _masked(logits, top_p_ids(logits, p))
 
 
 def apply_min_p(logits: np.ndarray, min_p: float) -> np.ndarray:
     """Drop tokens whose probability is below min_p times the best token's probability."""
-    if min_p <= 0.0:
-        return logits
-    # p_i >= min_p * p_max  <=>  logit_i >= logit_max + log(min_p)
-    threshold = logits.max() + np.log(min_p)
-    return np.where(logits < threshold, -np.inf, logits).astype(logits.dtype, copy=False)
+    return logits if min_p <= 0.0 else _masked(logits, min_p_ids(logits, min_p))
 
 
 class Sampler:
-    """Picks tokens for one sequence; keeps the set of seen tokens for the repetition penalty."""
+    """Picks tokens for one sequence; keeps the set of seen tokens for the repetition penalty.
+
+    After the penalty and the temperature, each mask narrows a candidate set (ids, logits) instead of
+    rewriting the whole vocabulary, so top-k 20 followed by top-p works on 20 numbers, not 150k.
+    """
 
     def __init__(self, params: SamplingParams, context: Iterable[int] = ()) -> None:
         self.params = params
@@ -119,29 +142,46 @@ class Sampler:
             self._seen.add(token_id)
             self._seen_array = np.append(self._seen_array, token_id)
 
-    def process(self, logits: np.ndarray) -> np.ndarray:
-        """The logits after penalty, temperature and the top-k/top-p/min-p masks (-inf = excluded)."""
+    def candidates(self, logits: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
+        """(ids, logits) of the tokens still allowed after penalty, temperature, top-k, top-p, min-p;
+        ids is None when every token is (logits then cover the whole vocabulary)."""
         p = self.params
-        logits = np.asarray(logits, dtype=np.float32)
-        logits = apply_repetition_penalty(logits, self._seen_array, p.repetition_penalty)
+        x = np.asarray(logits, dtype=np.float32)
+        x = apply_repetition_penalty(x, self._seen_array, p.repetition_penalty)
         if p.temperature == 0.0:
-            return logits
-        logits = logits / np.float32(p.temperature)
-        logits = apply_top_k(logits, p.top_k)
-        logits = apply_top_p(logits, p.top_p)
-        return apply_min_p(logits, p.min_p)
+            return None, x
+        x = x / np.float32(p.temperature)
+        ids: np.ndarray | None = None
+        for active, select in (
+            (0 < p.top_k < x.size, lambda v: top_k_ids(v, p.top_k)),
+            (p.top_p < 1.0, lambda v: top_p_ids(v, p.top_p)),
+            (p.min_p > 0.0, lambda v: min_p_ids(v, p.min_p)),
+        ):
+            if active:
+                keep = select(x)
+                ids = keep if ids is None else ids[keep]
+                x = x[keep]
+        return ids, x
+
+    def process(self, logits: np.ndarray) -> np.ndarray:
+        """The full-vocabulary logits after penalty, temperature and masks (-inf = excluded)."""
+        ids, x = self.candidates(logits)
+        if ids is None:
+            return x
+        out = np.full(np.shape(logits), -np.inf, dtype=np.float32)
+        out[ids] = x
+        return out
 
     def __call__(self, logits: np.ndarray) -> int:
         """The next token for `logits` (float32 [vocab]); records it for the repetition penalty."""
-        processed = self.process(logits)
+        ids, x = self.candidates(logits)
         if self.params.temperature == 0.0:
-            token = int(np.argmax(processed))
+            choice = int(np.argmax(x))
         else:
-            probs = _softmax(processed)
-            cumulative = np.cumsum(probs)
-            u = self.rng.random() * cumulative[-1]
-            token = int(np.searchsorted(cumulative, u, side="right"))
-            token = min(token, probs.size - 1)
+            cumulative = np.cumsum(_softmax(x))
+            choice = int(np.searchsorted(cumulative, self.rng.random() * cumulative[-1], side="right"))
+            choice = min(choice, x.size - 1)
+        token = choice if ids is None else int(ids[choice])
         self.observe(token)
         return token
 

@@ -136,7 +136,8 @@ class Tokenizer:
             eos = self._tok.token_to_id(text)
             if eos is None:
                 raise ModelFormatError(
-                    f"{self.path / 'tokenizer_config.json'} names eos_token {text!r}, which is not in tokenizer.json"
+                    f"{self.path / 'tokenizer_config.json'} names eos_token {text!r}, "
+                    "which is not in tokenizer.json"
                 )
             ids.add(eos)
         return ids
@@ -205,7 +206,9 @@ class Tokenizer:
 
 def _byte_level_table() -> dict[str, int]:
     """GPT-2's byte <-> printable-char map, inverted: the char a byte-level vocab uses -> the byte."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAC + 1)) + list(range(0xAE, 0xFF + 1))
+    printable = (
+        list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAC + 1)) + list(range(0xAE, 0xFF + 1))
+    )
     chars = list(printable)
     n = 0
     for b in range(256):

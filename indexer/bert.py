@@ -32,7 +32,13 @@ class BertConfig:
     @classmethod
     def from_dict(cls, raw: dict[str, Any], source: Path) -> BertConfig:
         known = {f.name for f in fields(cls)}
-        required = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size")
+        required = (
+            "hidden_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "intermediate_size",
+            "vocab_size",
+        )
         missing = [name for name in required if name not in raw]
         if missing:
             raise ModelFormatError(f"{source}: config.json lacks {', '.join(missing)}")
@@ -62,7 +68,9 @@ class BertModel:
                 raise ModelFormatError(f"{source}: tensor {name} is missing")
             arr = weights[name]
             if tuple(arr.shape) != shape:
-                raise ModelFormatError(f"{source}: tensor {name} has shape {tuple(arr.shape)}, expected {shape}")
+                raise ModelFormatError(
+                    f"{source}: tensor {name} has shape {tuple(arr.shape)}, expected {shape}"
+                )
             return np.asarray(arr, dtype=np.float32)
 
         h, i = cfg.hidden_size, cfg.intermediate_size
@@ -89,7 +97,8 @@ class BertModel:
                 "up_b": vec(take(p + "intermediate.dense.bias", (i,))),
                 "down": mat(take(p + "output.dense.weight", (h, i))),
                 "down_b": vec(take(p + "output.dense.bias", (h,))),
-                "ln2": (vec(take(p + "output.LayerNorm.weight", (h,))), vec(take(p + "output.LayerNorm.bias", (h,)))),
+                "ln2": (vec(take(p + "output.LayerNorm.weight", (h,))),
+                        vec(take(p + "output.LayerNorm.bias", (h,)))),
             })  # fmt: skip
 
     def forward(self, sequences: list[list[int]]) -> list[np.ndarray]:
@@ -101,15 +110,21 @@ class BertModel:
                              f"{cfg.max_position_embeddings}")  # fmt: skip
         ids = np.concatenate([np.asarray(s, dtype=np.int64) for s in sequences])
         positions = np.concatenate([np.arange(n, dtype=np.int64) for n in lengths])
-        x = ops.embedding(self.word, ids) + ops.embedding(self.position, positions) + self.token_type0  # [N, h]
+        x = (
+            ops.embedding(self.word, ids) + ops.embedding(self.position, positions) + self.token_type0
+        )  # [N, h]
         x = ops.layer_norm(x, *self.emb_ln, cfg.layer_norm_eps)
         groups = _equal_length_groups(lengths)
         for layer in self.layers:
             qkv = ops.linear(x, layer["qkv"], layer["qkv_b"])  # [N, 3h]
             ctx = self._attention(qkv, groups)  # [N, h]
-            x = ops.layer_norm(x + ops.linear(ctx, layer["o"], layer["o_b"]), *layer["ln1"], cfg.layer_norm_eps)
+            x = ops.layer_norm(
+                x + ops.linear(ctx, layer["o"], layer["o_b"]), *layer["ln1"], cfg.layer_norm_eps
+            )
             up = ops.gelu(ops.linear(x, layer["up"], layer["up_b"]))  # [N, i]
-            x = ops.layer_norm(x + ops.linear(up, layer["down"], layer["down_b"]), *layer["ln2"], cfg.layer_norm_eps)
+            x = ops.layer_norm(
+                x + ops.linear(up, layer["down"], layer["down_b"]), *layer["ln2"], cfg.layer_norm_eps
+            )
         ops.eval(x)
         out = ops.to_numpy(x)
         starts = np.cumsum([0, *lengths])

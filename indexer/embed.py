@@ -20,7 +20,7 @@ from engine.errors import ModelFormatError, ModelNotFoundError
 from indexer.bert import BertConfig, BertModel
 
 DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2"
-TOKENS_PER_BATCH = 8192  # packed tokens per forward pass: big GEMMs, bounded memory
+TOKENS_PER_BATCH = 2048  # packed tokens per forward pass: GEMMs big enough, activations cache-sized
 
 
 def default_model_dir() -> Path:
@@ -41,7 +41,9 @@ def default_model_dir() -> Path:
 class Encoder:
     """Text -> unit-length (if the model says so) float32 vectors. Counts its work in `calls`/`texts`."""
 
-    def __init__(self, model_dir: Path | None = None, backend: str | None = None, name: str | None = None) -> None:
+    def __init__(
+        self, model_dir: Path | None = None, backend: str | None = None, name: str | None = None
+    ) -> None:
         from engine.backends import get_backend
 
         self.path = Path(model_dir) if model_dir is not None else default_model_dir()
@@ -50,7 +52,9 @@ class Encoder:
         self.ops = get_backend(backend)
         raw = _read_json(self.path / "config.json")
         if raw.get("model_type", "bert") != "bert":
-            raise ModelFormatError(f"{self.path}/config.json: model_type {raw.get('model_type')!r} is not bert")
+            raise ModelFormatError(
+                f"{self.path}/config.json: model_type {raw.get('model_type')!r} is not bert"
+            )
         self.config = BertConfig.from_dict(raw, self.path / "config.json")
         weights_file = _safetensors_file(self.path)
         from safetensors.numpy import load_file
@@ -61,9 +65,7 @@ class Encoder:
         self.max_seq_length = min(int(st_cfg.get("max_seq_length", 512)), self.config.max_position_embeddings)
         self.tokenizer = _tokenizer(self.path, self.max_seq_length)
         self.dim = self.config.hidden_size
-        if name is None:
-            name = DEFAULT_MODEL_NAME if self.path == default_model_dir() else self.path.name
-        self.model_id = f"{name}@{_weights_digest(self.path, weights_file)}"
+        self.model_id = model_identity(self.path, name)
         self.calls = 0  # encode() calls that had work to do
         self.texts = 0  # texts embedded in total
 
@@ -97,6 +99,14 @@ class Encoder:
             if self.normalize:
                 vec = vec / max(float(np.linalg.norm(vec)), 1e-12)
             out[i] = vec
+
+
+def model_identity(model_dir: Path | None = None, name: str | None = None) -> str:
+    """`<name>@<12 hex>` over config.json and the weights' header and size, without loading weights."""
+    path = Path(model_dir) if model_dir is not None else default_model_dir()
+    if name is None:
+        name = DEFAULT_MODEL_NAME if path == default_model_dir() else path.name
+    return f"{name}@{_weights_digest(path, _safetensors_file(path))}"
 
 
 def _pool(states: np.ndarray, mode: str) -> np.ndarray:
@@ -169,7 +179,8 @@ def _convert_pytorch_bin(bin_file: Path, target: Path) -> None:
         import torch  # only for this one-time conversion; torch is not a runtime dependency
     except ImportError:
         raise ModelFormatError(
-            f"{bin_file}: converting pytorch_model.bin needs torch once; install it or provide model.safetensors"
+            f"{bin_file}: converting pytorch_model.bin needs torch once; "
+            "install it or provide model.safetensors"
         ) from None
     from safetensors.numpy import save_file
 

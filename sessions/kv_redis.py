@@ -7,8 +7,12 @@ live in the hash `wb:kvstat:counters` (no TTL) so every process adds to the same
 
 from __future__ import annotations
 
+import logging
 import os
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import redis
 
@@ -23,6 +27,14 @@ BLOCK_PREFIX = b"wb:kv:"
 STATS_KEY = b"wb:kvstat:counters"
 DEFAULT_TTL_S = 7 * 24 * 3600
 _SCAN_COUNT = 1000
+_DOWN_FOR_S = 30.0  # after a connection failure, skip Redis this long instead of stalling every call
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class RedisTierDown(ConnectionError):
+    """Redis failed recently; the tier is skipped until it is retried."""
 
 
 class RedisTier:
@@ -33,22 +45,34 @@ class RedisTier:
     def __init__(self, client: redis.Redis | None = None, ttl_s: int = DEFAULT_TTL_S) -> None:
         self.client = client if client is not None else redis_server.connect()
         self.ttl_s = ttl_s
+        self._down_until = 0.0
 
     def _k(self, key: str) -> bytes:
         return BLOCK_PREFIX + key.encode()
 
+    def _call(self, fn: Callable[[], T]) -> T:
+        """Run one Redis exchange; a connection failure benches the tier for _DOWN_FOR_S seconds."""
+        if time.monotonic() < self._down_until:
+            raise RedisTierDown("Redis KV tier skipped after a recent connection failure")
+        try:
+            return fn()
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+            self._down_until = time.monotonic() + _DOWN_FOR_S
+            log.warning("Redis KV tier unreachable (%s); skipping it for %.0f s", exc, _DOWN_FOR_S)
+            raise
+
     def get(self, key: str) -> bytes | None:
-        return self.client.getex(self._k(key), ex=self.ttl_s)
+        return self._call(lambda: self.client.getex(self._k(key), ex=self.ttl_s))
 
     def get_many(self, keys: list[str]) -> list[bytes | None]:
         """Pipelined reads: one round trip for many blocks."""
         pipe = self.client.pipeline(transaction=False)
         for key in keys:
             pipe.getex(self._k(key), ex=self.ttl_s)
-        return pipe.execute()
+        return self._call(pipe.execute)
 
     def put(self, key: str, data: bytes) -> None:
-        self.client.set(self._k(key), data, ex=self.ttl_s)
+        self._call(lambda: self.client.set(self._k(key), data, ex=self.ttl_s))
 
     def contains(self, keys: list[str]) -> list[bool]:
         if not keys:
@@ -56,7 +80,7 @@ class RedisTier:
         pipe = self.client.pipeline(transaction=False)
         for key in keys:
             pipe.exists(self._k(key))
-        return [bool(n) for n in pipe.execute()]
+        return [bool(n) for n in self._call(pipe.execute)]
 
     def delete(self, keys: list[str]) -> int:
         removed = 0

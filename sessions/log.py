@@ -183,7 +183,7 @@ class SessionFile:
     def append(self, records: list[dict[str, Any]], sync: bool) -> int:
         """Append records in one write; returns the file size after it."""
         data = b"".join(encode(r) for r in records)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
         try:
             if os.fstat(fd).st_size and not self._ends_with_newline(fd):
                 data = b"\n" + data  # a torn last line from a crash: never glue a record onto it

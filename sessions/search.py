@@ -5,7 +5,7 @@ A document is a session: its title (weighted) and every message. Keys (all under
   d:<id>     set   the terms a session contributed (to remove them on delete)
   len        hash  session id -> document length in terms
   total      string  the sum of all document lengths
-The BM25 corpus statistics (document count, average length) come from `len`.
+The BM25 corpus statistics (document count, average length) come from `len` and `total`.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ B = 0.75
 MAX_TERM_CHARS = 64
 
 _WORD = re.compile(r"[^\W_]+(?:_+[^\W_]+)*|[^\W_]+", re.UNICODE)  # words, snake_case kept whole
-_CAMEL = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+|\d+|[^\W\d_]+", re.UNICODE)
 
 
 def terms(text: str) -> list[str]:
@@ -39,12 +38,25 @@ def terms(text: str) -> list[str]:
     for match in _WORD.finditer(text):
         word = match.group()
         whole = word.lower()
-        parts = [p.lower() for chunk in word.split("_") if chunk for p in _CAMEL.findall(chunk)]
+        parts = [p.lower() for chunk in word.split("_") if chunk for p in _camel_parts(chunk)]
         if len(whole) <= MAX_TERM_CHARS and (len(whole) > 1 or whole.isdigit()):
             out.append(whole)
         if len(parts) > 1:
             out.extend(p for p in parts if len(p) > 1 and p != whole)
     return out
+
+
+def _camel_parts(word: str) -> list[str]:
+    """`parseHTTPResponse2` -> parse, HTTP, Response, 2 (any script's upper/lower case counts)."""
+    parts, start = [], 0
+    for i in range(1, len(word)):
+        a, b = word[i - 1], word[i]
+        acronym_end = a.isupper() and b.isupper() and i + 1 < len(word) and word[i + 1].islower()
+        if (a.islower() and b.isupper()) or a.isdigit() != b.isdigit() or acronym_end:
+            parts.append(word[start:i])
+            start = i
+    parts.append(word[start:])
+    return parts
 
 
 def term_key(term: str) -> str:
@@ -55,40 +67,53 @@ def doc_key(session_id: str) -> str:
     return f"{PREFIX}d:{session_id}"
 
 
+# Index updates run as Lua on the server: one command per text instead of one per term, which is what
+# makes rebuilding thousands of sessions take seconds, not minutes. ARGV: session id, weight, key
+# prefix, then term/count pairs. A negative weight removes text (a renamed title).
+_ADD = """
+local sid, w, p = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+local total = 0
+for i = 4, #ARGV, 2 do
+  local term, c = ARGV[i], tonumber(ARGV[i + 1])
+  local score = tonumber(redis.call('ZINCRBY', p .. 't:' .. term, c * w, sid))
+  if score <= 0 then redis.call('ZREM', p .. 't:' .. term, sid) end
+  if w > 0 then redis.call('SADD', p .. 'd:' .. sid, term) end
+  total = total + c
+end
+if w < 0 then total = -total end
+redis.call('HINCRBY', p .. 'len', sid, total)
+redis.call('INCRBY', p .. 'total', total)
+return total
+"""
+_REMOVE = """
+local sid, p = ARGV[1], ARGV[2]
+for _, term in ipairs(redis.call('SMEMBERS', p .. 'd:' .. sid)) do
+  redis.call('ZREM', p .. 't:' .. term, sid)
+end
+local len = tonumber(redis.call('HGET', p .. 'len', sid) or '0')
+redis.call('INCRBY', p .. 'total', -len)
+redis.call('DEL', p .. 'd:' .. sid)
+redis.call('HDEL', p .. 'len', sid)
+return len
+"""
+
+
 def add_text(pipe: redis.client.Pipeline, session_id: str, text: str, weight: int = 1) -> None:
-    """Queue the index updates for one more piece of a session's text."""
+    """Queue the index update for one more piece of a session's text."""
     counts = Counter(terms(text))
-    if not counts:
-        return
-    for term, count in counts.items():
-        pipe.zincrby(term_key(term), count * weight, session_id)
-    pipe.sadd(doc_key(session_id), *counts)
-    pipe.hincrby(LEN_KEY, session_id, sum(counts.values()))
-    pipe.incrby(TOTAL_KEY, sum(counts.values()))
+    if counts:
+        pairs = [x for term, count in counts.items() for x in (term, count)]
+        pipe.eval(_ADD, 0, session_id, weight, PREFIX, *pairs)
 
 
 def remove_text(pipe: redis.client.Pipeline, session_id: str, text: str, weight: int = 1) -> None:
     """Undo `add_text` for a text that is no longer part of the session (an old title)."""
-    counts = Counter(terms(text))
-    for term, count in counts.items():
-        pipe.zincrby(term_key(term), -count * weight, session_id)
-        pipe.zremrangebyscore(term_key(term), "-inf", 0)
-    if counts:
-        pipe.hincrby(LEN_KEY, session_id, -sum(counts.values()))
-        pipe.incrby(TOTAL_KEY, -sum(counts.values()))
+    add_text(pipe, session_id, text, -weight)
 
 
-def remove_session(r: redis.Redis, session_id: str) -> None:
-    """Drop a session from the index entirely."""
-    session_terms = [t.decode() for t in r.smembers(doc_key(session_id))]
-    length = int(r.hget(LEN_KEY, session_id) or 0)
-    pipe = r.pipeline(transaction=False)
-    pipe.incrby(TOTAL_KEY, -length)
-    for term in session_terms:
-        pipe.zrem(term_key(term), session_id)
-    pipe.delete(doc_key(session_id))
-    pipe.hdel(LEN_KEY, session_id)
-    pipe.execute()
+def remove_session(pipe: redis.client.Pipeline | redis.Redis, session_id: str) -> None:
+    """Queue dropping a session from the index entirely."""
+    pipe.eval(_REMOVE, 0, session_id, PREFIX)
 
 
 @dataclass

@@ -174,9 +174,11 @@ class SessionStore:
                     session.history, session.history_fingerprint, session.history_dtype = [], "", ""
                 else:
                     setattr(session, key, value)
+            # Only the changed fields: another process may have renamed the session meanwhile.
+            fields = {k: v for k, v in _hash_fields(session, size).items() if k in changes or k == "log_size"}
             pipe = self.r.pipeline()
             pipe.rpush(log_key(session.id), json.dumps(record, ensure_ascii=False))
-            pipe.hset(session_key(session.id), mapping=_hash_fields(session, size))
+            pipe.hset(session_key(session.id), mapping=fields)
             if session.title != old_title:
                 search.remove_text(pipe, session.id, old_title, search.TITLE_WEIGHT)
                 search.add_text(pipe, session.id, session.title, search.TITLE_WEIGHT)
@@ -185,8 +187,8 @@ class SessionStore:
     def delete(self, session_id: str) -> None:
         with self._lock:
             info = self.info(session_id)
-            search.remove_session(self.r, session_id)
             pipe = self.r.pipeline()
+            search.remove_session(pipe, session_id)
             pipe.delete(session_key(session_id), log_key(session_id))
             pipe.zrem(INDEX_KEY, session_id)
             pipe.zrem(repo_key(info.repo), session_id)
@@ -320,7 +322,7 @@ class SessionStore:
     def _rebuild(self, session_ids: list[str]) -> None:
         pipe = self.r.pipeline(transaction=False)
         for session_id in session_ids:
-            search.remove_session(self.r, session_id)
+            search.remove_session(pipe, session_id)
             file = self.file(session_id)
             try:
                 data = file.path.read_bytes()

@@ -174,3 +174,22 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def test_a_redis_server_older_than_8_is_passed_over(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    old = tmp_path / "redis-server"
+    old.write_text("#!/bin/sh\necho 'Redis server v=7.2.4 sha=00000000:0 malloc=libc bits=64'\n")
+    old.chmod(0o755)
+    monkeypatch.setenv("WORKBENCH_REDIS_SERVER", str(old))
+    assert redis_server.server_version(str(old)) == (7, 2, 4)
+    found = redis_server.find_server_binary()
+    assert found != str(old)
+    assert redis_server.server_version(found)[0] >= 8
+
+
+def test_no_redis_8_anywhere_says_how_to_get_one(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("WORKBENCH_REDIS_SERVER", str(tmp_path / "missing"))
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path / "empty-cache"))
+    with pytest.raises(RedisUnavailable, match=r"make run|ensure-redis"):
+        redis_server.find_server_binary()

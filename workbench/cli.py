@@ -17,6 +17,10 @@ from workbench.errors import UsageError, WorkbenchError
 COMMAND_MODULES = [
     "workbench.cmd_doctor",
     "workbench.cmd_redis",
+    "workbench.cmd_cache",
+    "workbench.cmd_models",
+    "workbench.cmd_sessions",
+    "workbench.cmd_run",
 ]
 
 

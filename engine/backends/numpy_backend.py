@@ -141,8 +141,11 @@ def sdpa(q: np.ndarray, k: np.ndarray, v: np.ndarray, scale: float, causal_offse
     scores = np.matmul(qg, k.transpose(0, 2, 1))  # [Hkv, G*T, S]
     scores *= np.float32(scale)
     if t > 1 or causal_offset + t < s:
+        # Additive mask broadcast over heads: far cheaper than boolean-index assignment.
         future = np.arange(s)[None, :] > (causal_offset + np.arange(t))[:, None]  # [T, S]
-        scores.reshape(hkv, g, t, s)[:, :, future] = -np.inf
+        mask = np.where(future, np.float32(-np.inf), np.float32(0.0))
+        scores4 = scores.reshape(hkv, g, t, s)
+        np.add(scores4, mask, out=scores4)
     scores -= np.max(scores, axis=-1, keepdims=True)
     np.exp(scores, out=scores)
     scores /= np.sum(scores, axis=-1, keepdims=True)

@@ -1,0 +1,269 @@
+"""KV block benchmark: cold prefill vs resume from disk and from Redis, on Qwen3-0.6B's exact shapes.
+
+    python -m bench.kv_bench            # 1k/2k/4k/8k histories, writes docs/benchmarks.md "## KV blocks"
+    python -m bench.kv_bench --quick    # 512/1k histories, short quality run, no docs update
+
+Cold prefill is measured once, on the longest history, by timing each 512-token prefill chunk: the time
+at which the cache holds L tokens (and the logits of position L are out) is the cold time to first token
+of a history of L tokens. That slightly overstates cold TTFT: every chunk computes its last logits
+(one lm_head matvec, ~0.05 s) where a real prefill computes them once.
+
+Resume: a fresh process-free state each time: a store with ONE tier (no memory tier), a new cache, and
+for disk the block files' pages dropped from the OS page cache (posix_fadvise DONTNEED after fsync;
+`--keep-page-cache` skips that). Redis is a private redis-server on a unix socket started by this run.
+Restore throughput = block bytes / restore time, beside the raw tier throughput over the same bytes:
+reading the same files (page cache dropped) into a buffer, and GETting the same keys.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import redis
+
+from bench import machine
+from bench.engine_bench import QWEN3_06B, prompt_ids, write_random_checkpoint
+from bench.kv_quality import dtype_agreement
+from engine.blocks import DEFAULT_BLOCK_SIZE, BlockStore
+from engine.blocktiers import DiskTier
+from sessions.kv_redis import BLOCK_PREFIX, RedisTier
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH_DOC = ROOT / "docs" / "benchmarks.md"
+HEADING = "## KV blocks"
+CHUNK = 512
+
+
+def start_redis(directory: Path, maxmemory: str = "10gb") -> tuple[subprocess.Popen, redis.Redis]:
+    from workbench.redis_server import find_server_binary
+
+    sock = directory / "redis.sock"
+    proc = subprocess.Popen(
+        [find_server_binary(), "--port", "0", "--unixsocket", str(sock), "--dir", str(directory),
+         "--save", "", "--appendonly", "no", "--maxmemory", maxmemory, "--maxmemory-policy", "volatile-lru"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    client = redis.Redis(unix_socket_path=str(sock))
+    for _ in range(200):
+        try:
+            client.ping()
+            return proc, client
+        except (redis.ConnectionError, OSError):
+            time.sleep(0.05)
+    proc.terminate()
+    raise RuntimeError(f"bench redis-server did not start on {sock}")
+
+
+def cold_prefill(model: Any, ids: list[int], lengths: list[int]) -> tuple[Any, dict, dict]:
+    """One prefill of the longest history; (cache, seconds to reach each length, logits at it)."""
+    cache = model.make_cache()
+    cold, logits = {}, {}
+    t0 = time.perf_counter()
+    for start in range(0, max(lengths), CHUNK):
+        last = model.forward(ids[start : start + CHUNK], cache)
+        if start + CHUNK in lengths:
+            cold[start + CHUNK] = time.perf_counter() - t0
+            logits[start + CHUNK] = last
+            print(f"cold prefill {start + CHUNK} tokens: {cold[start + CHUNK]:.1f} s", flush=True)
+    return cache, cold, logits
+
+
+def raw_disk_gbs(tier: DiskTier, keys: list[str]) -> float:
+    tier.drop_page_cache()
+    paths = [tier._path(k) for k in keys]
+    buf = bytearray(max(p.stat().st_size for p in paths))
+    total = 0
+    t0 = time.perf_counter()
+    for p in paths:
+        with open(p, "rb", buffering=0) as fh:
+            total += fh.readinto(buf)
+    return total / (time.perf_counter() - t0) / 1e9
+
+
+def raw_redis_gbs(client: redis.Redis, keys: list[str]) -> float:
+    total = 0
+    t0 = time.perf_counter()
+    for k in keys:
+        total += len(client.get(BLOCK_PREFIX + k.encode()))
+    return total / (time.perf_counter() - t0) / 1e9
+
+
+def resume(model: Any, store: BlockStore, ids: list[int], expect_logits: np.ndarray) -> dict:
+    disk = next((t for t in store.tiers if isinstance(t, DiskTier)), None)
+    if disk is not None and not ARGS.keep_page_cache:
+        disk.drop_page_cache()
+    cache = model.make_cache()
+    res = store.restore(model, cache, ids)
+    if res.cached_tokens != len(ids) or res.last_logits is None:
+        raise RuntimeError(f"resume restored {res.cached_tokens} of {len(ids)} tokens")
+    return {
+        "ttft_s": res.restore_s,
+        "gbs": res.bytes_read / res.restore_s / 1e9,
+        "bytes": res.bytes_read,
+        "same_first_token": int(np.argmax(res.last_logits)) == int(np.argmax(expect_logits)),
+        "max_logit_err": float(np.abs(res.last_logits - expect_logits).max()),
+    }
+
+
+def run_tier(model: Any, tier: Any, dtype: str, bs: int, cache: Any, ids: list[int], logits: dict) -> dict:
+    store = BlockStore([tier], block_size=bs, dtype=dtype)
+    t0 = time.perf_counter()
+    for n in sorted(logits):
+        store.save(model, cache, ids[:n], logits[n])
+    store.flush()
+    out: dict[str, Any] = {"save_s": time.perf_counter() - t0, "resume": {}}
+    for n in sorted(logits):
+        out["resume"][n] = resume(model, store, ids[:n], logits[n])
+        print(f"  {tier.name} {dtype} bs={bs} {n}: {out['resume'][n]}", flush=True)
+    keys = store.session_keys(model, ids[: max(logits)])[:-1]
+    if isinstance(tier, DiskTier):
+        out["raw_gbs"] = raw_disk_gbs(tier, keys)
+    else:
+        out["raw_gbs"] = raw_redis_gbs(tier.client, keys)
+    out["bytes_per_token"] = out["resume"][max(logits)]["bytes"] / max(logits)
+    store.close()
+    tier.clear()
+    return out
+
+
+def render(r: dict, limits: dict) -> str:
+    bs, lengths = r["block_size"], sorted(r["cold"])
+    fp = r["tiers"]["float32"]
+    lines = [
+        HEADING,
+        "",
+        f"`python -m bench.kv_bench` on random weights in Qwen3-0.6B's shapes (28 layers, 8 KV heads x 128),",
+        f"numpy backend (KV float32), block size {bs}. Resume = restore from ONE tier into a fresh cache, no",
+        "memory tier; disk with the block files dropped from the page cache (fadvise DONTNEED after fsync);",
+        "Redis = private redis-server 8 on a unix socket. The tail record holds the last logits, so resume",
+        "TTFT is the whole restore and no token is recomputed (first token identical, logits bit-equal).",
+        "",
+        "| history | cold prefill TTFT | resume disk | x | resume Redis | x | disk restore GB/s | Redis restore GB/s |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]  # fmt: skip
+    for n in lengths:
+        d, rd = fp["disk"]["resume"][n], fp["redis"]["resume"][n]
+        lines.append(
+            f"| {n} | {r['cold'][n]:.1f} s | {d['ttft_s']:.3f} s | {r['cold'][n] / d['ttft_s']:.0f}x "
+            f"| {rd['ttft_s']:.3f} s | {r['cold'][n] / rd['ttft_s']:.0f}x | {d['gbs']:.2f} | {rd['gbs']:.2f} |"
+        )
+    lines += ["", "Restore throughput beside the raw tier throughput over the same block bytes (same run):", "",
+              "| dtype | bytes/token | disk restore / raw read GB/s | Redis restore / raw GET GB/s | resume "
+              f"{lengths[-1]} disk | Redis |", "| --- | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
+    for dtype, t in r["tiers"].items():
+        d, rd = t["disk"]["resume"][lengths[-1]], t["redis"]["resume"][lengths[-1]]
+        lines.append(
+            f"| {dtype} | {t['disk']['bytes_per_token']:,.0f} | {d['gbs']:.2f} / {t['disk']['raw_gbs']:.2f} "
+            f"({d['gbs'] / t['disk']['raw_gbs']:.0%}) | {rd['gbs']:.2f} / {t['redis']['raw_gbs']:.2f} "
+            f"({rd['gbs'] / t['redis']['raw_gbs']:.0%}) | {d['ttft_s']:.3f} s | {rd['ttft_s']:.3f} s |"
+        )
+    if r["sweep"]:
+        n = r["sweep_length"]
+        lines += ["", f"Block size (float32, {n}-token history): resume time and write time per tier.", "",
+                  "| block size | block MiB | resume disk | resume Redis | save disk | save Redis |",
+                  "| ---: | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
+        for size, s in sorted(r["sweep"].items()):
+            lines.append(
+                f"| {size} | {s['disk']['bytes_per_token'] * size / 2**20:.1f} "
+                f"| {s['disk']['resume'][n]['ttft_s']:.3f} s | {s['redis']['resume'][n]['ttft_s']:.3f} s "
+                f"| {s['disk']['save_s']:.2f} s | {s['redis']['save_s']:.2f} s |"
+            )
+    if r["quality"]:
+        lines += ["", "Lossy block dtypes on this model (history 512, greedy from the restored cache):", "",
+                  "| dtype | tokens | first divergence | teacher-forced agreement | max logit error (rel) |",
+                  "| --- | ---: | ---: | ---: | ---: |"]  # fmt: skip
+        for q in r["quality"]:
+            lines.append(
+                f"| {q['dtype']} | {q['tokens']} | {q['first_divergence']} | {q['teacher_forced_agreement']:.1%} "
+                f"| {q['max_logit_error']:.4f} ({q['max_logit_error_rel']:.2%}) |"
+            )
+    lines += ["", machine.limits_table(limits), ""]
+    return "\n".join(lines)
+
+
+def write_section(section: str) -> None:
+    text = BENCH_DOC.read_text() if BENCH_DOC.exists() else "# Benchmarks\n"
+    lines = text.splitlines()
+    start = next((i for i, line in enumerate(lines) if line.strip() == HEADING), None)
+    if start is None:
+        new = text.rstrip("\n") + "\n\n" + section
+    else:
+        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+        new = "\n".join([*lines[:start], *section.rstrip("\n").splitlines(), "", *lines[end:]])
+    BENCH_DOC.write_text(new.rstrip("\n") + "\n")
+
+
+def main() -> None:
+    global ARGS
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="512/1k histories, 16 quality tokens, no docs update")
+    p.add_argument("--lengths", default="1024,2048,4096,8192")
+    p.add_argument("--block-sizes", default="16,32,64,128,256", help="sweep at --sweep-length ('' skips)")
+    p.add_argument("--sweep-length", type=int, default=2048)
+    p.add_argument("--dtypes", default="float32,float16,int8")
+    p.add_argument("--quality-tokens", type=int, default=256, help="0 skips the int8/float16 quality run")
+    p.add_argument("--keep-page-cache", action="store_true")
+    p.add_argument("--no-docs", action="store_true")
+    ARGS = p.parse_args()
+    if ARGS.quick:
+        ARGS.lengths, ARGS.block_sizes, ARGS.sweep_length, ARGS.quality_tokens = "512,1024", "32,64", 1024, 16
+    lengths = [int(x) for x in ARGS.lengths.split(",")]
+    if any(n % CHUNK for n in lengths):
+        p.error(f"--lengths must be multiples of {CHUNK}")
+    import engine
+
+    with tempfile.TemporaryDirectory(prefix="wb-kv-bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        proc, client = start_redis(tmp)
+        try:
+            write_random_checkpoint(tmp / "model", QWEN3_06B)
+            model = engine.load_model(str(tmp / "model"), backend="numpy")
+            ids = prompt_ids(max(lengths), QWEN3_06B["vocab_size"])
+            cache, cold, logits = cold_prefill(model, ids, sorted({*lengths, ARGS.sweep_length}))
+            results: dict[str, Any] = {"block_size": DEFAULT_BLOCK_SIZE, "tiers": {}, "sweep": {}, "quality": []}
+            results["cold"] = {n: cold[n] for n in lengths}
+            main_logits = {n: logits[n] for n in lengths}
+
+            def tiers() -> list[Any]:
+                return [DiskTier(tmp / "kv", budget_bytes=64 << 30), RedisTier(client, ttl_s=3600)]
+
+            for dtype in ARGS.dtypes.split(","):
+                results["tiers"][dtype] = {
+                    t.name: run_tier(model, t, dtype, DEFAULT_BLOCK_SIZE, cache, ids, main_logits) for t in tiers()
+                }
+            n = ARGS.sweep_length
+            results["sweep_length"] = n
+            for size in [int(x) for x in ARGS.block_sizes.split(",") if x]:
+                results["sweep"][size] = {
+                    t.name: run_tier(model, t, "float32", size, cache, ids, {n: logits[n]}) for t in tiers()
+                }
+            del cache
+            if ARGS.quality_tokens:
+                for dtype in ("float16", "int8"):
+                    q = dtype_agreement(model, ids[:512], dtype, ARGS.quality_tokens, DEFAULT_BLOCK_SIZE)
+                    print(q, flush=True)
+                    results["quality"].append(q)
+            limits = machine.measure_limits(client, directory=tmp)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+    (tmp_json := Path(tempfile.gettempdir()) / "kv_bench.json").write_text(json.dumps(results, indent=1))
+    section = render(results, limits)
+    print(section)
+    print(f"raw results: {tmp_json}")
+    if not ARGS.quick and not ARGS.no_docs:
+        write_section(section)
+        print(f"wrote {BENCH_DOC} ({HEADING})")
+
+
+ARGS = argparse.Namespace()
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,305 @@
+"""`Index`: one repo + one embedding model, kept in Redis; incremental updates, hybrid search.
+
+ix = Index.open(repo_path)          # embedding model: all-MiniLM-L6-v2 by default
+ix.update()                         # full pass: a file whose content is unchanged costs one hash
+ix.update(["src/a.py"])             # just these paths (the watcher's call)
+hits = ix.search("query", k=8, path_glob="src/**", lang="python")
+ids = ix.token_ids(hits[0], tokenizer)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from indexer import tokens
+from indexer.chunk import Chunk, chunk_file
+from indexer.embed import Encoder, default_model_dir, model_identity
+from indexer.scan import IgnoreRules, SourceFile, read_source, scan
+from indexer.store import FilePlan, IndexStore, element_name, embed_hash, index_id
+
+log = logging.getLogger(__name__)
+
+FILES_PER_WRITE_GROUP = 64  # files embedded and written together: bounded memory, steady progress
+QUIET_REASONS = ("vanished", "ignored")  # normal during edits: not logged as errors
+
+_encoders: dict[tuple[str, str | None], Encoder] = {}
+_encoders_lock = threading.Lock()
+
+
+def shared_encoder(model_dir: Path | None = None, backend: str | None = None) -> Encoder:
+    """One encoder per model dir and backend per process (loading costs ~0.5 s and 90 MB)."""
+    path = Path(model_dir) if model_dir is not None else default_model_dir()
+    key = (str(path.resolve()), backend)
+    with _encoders_lock:
+        if key not in _encoders:
+            _encoders[key] = Encoder(path, backend=backend)
+        return _encoders[key]
+
+
+@dataclass(frozen=True)
+class Hit:
+    path: str
+    start_line: int
+    end_line: int
+    symbol: str
+    language: str
+    score: float
+    text: str
+    content_hash: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class UpdateStats:
+    files_seen: int = 0
+    files_unchanged: int = 0
+    files_changed: int = 0
+    files_removed: int = 0
+    files_skipped: int = 0
+    chunks_added: int = 0
+    chunks_removed: int = 0
+    chunks_reattributed: int = 0
+    chunks_embedded: int = 0
+    vectors_reused: int = 0
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Index:
+    def __init__(self, root: Path, redis: Any, model_dir: Path | None, encoder: Encoder | None) -> None:
+        self.root = root
+        self.redis = redis
+        self.model_dir = model_dir
+        self._encoder = encoder
+        self.model_id = encoder.model_id if encoder is not None else model_identity(model_dir)
+        self.id = index_id(str(root), self.model_id)
+        self.store = IndexStore(redis, self.id)
+        self.rules = IgnoreRules(root)
+        self.tokenizers: dict[str, tokens.TokenizerLike] = {}
+        self._lock = threading.Lock()  # one update at a time (the watcher and a caller may overlap)
+
+    @classmethod
+    def open(
+        cls,
+        repo_path: str | os.PathLike[str],
+        redis: Any = None,
+        *,
+        model_dir: str | os.PathLike[str] | None = None,
+        encoder: Encoder | None = None,
+    ) -> Index:
+        """The index of `repo_path` (resolved to its real path) for the embedding model; no I/O on files."""
+        root = Path(os.path.realpath(repo_path))
+        if not root.is_dir():
+            from workbench.errors import NotFound
+
+            raise NotFound(f"repository {repo_path} is not a directory")
+        if redis is None:
+            from workbench.redis_server import connect
+
+            redis = connect()
+        return cls(root, redis, Path(model_dir) if model_dir is not None else None, encoder)
+
+    @property
+    def encoder(self) -> Encoder:
+        if self._encoder is None:
+            self._encoder = shared_encoder(self.model_dir)
+        return self._encoder
+
+    # ---- updating ----------------------------------------------------------------------------------
+    def update(self, paths: Iterable[str] | None = None) -> UpdateStats:
+        """Bring the index in line with the files: all of them (None) or just `paths` (repo-relative or
+        absolute; a path that no longer exists, or is now ignored, leaves the index)."""
+        with self._lock:
+            t0 = time.monotonic()
+            stats = UpdateStats()
+            self.store.set_status(state="indexing")
+            if paths is None:
+                self.rules = IgnoreRules(self.root)  # ignore files may have changed
+                result = scan(self.root, self.rules)
+                for rel, reason in result.skipped:
+                    self.store.log_error(rel, reason)
+                stats.files_skipped += len(result.skipped)
+                manifests = self.store.manifests()
+                # Indexed files the scan no longer yields (deleted, now ignored, now too big) leave.
+                ignored = set(manifests) - set(result.files)
+                targets = result.files + sorted(ignored)
+            else:
+                targets = list(dict.fromkeys(self._relative(p) for p in paths))
+                targets = [t for t in targets if t]
+                manifests = self.store.manifests(targets)
+                ignored = {t for t in targets if self.rules.is_ignored(t, False)}
+            plans = self._plan(targets, manifests, ignored, stats)
+            self._write(plans, stats)
+            files, chunks = self.store.counts()
+            stats.seconds = time.monotonic() - t0
+            errors = self.redis.llen(self.store.errors_key)
+            self.store.set_status(
+                state="idle", files=files, chunks=chunks, pending=0, last_update=time.time(), errors=errors
+            )
+            return stats
+
+    def _relative(self, path: str) -> str:
+        p = Path(path)
+        if p.is_absolute():
+            try:
+                p = p.relative_to(self.root)
+            except ValueError:
+                return ""
+        rel = p.as_posix().strip("/")
+        return "" if rel in (".", "") else rel
+
+    def _plan(
+        self, targets: list[str], manifests: dict[str, dict[str, Any]], ignored: set[str], stats: UpdateStats
+    ) -> list[FilePlan]:
+        plans: list[FilePlan] = []
+        for rel in targets:
+            stats.files_seen += 1
+            src: SourceFile | str = "ignored" if rel in ignored else read_source(self.root, rel)
+            old = manifests.get(rel)
+            if isinstance(src, str):
+                if not src.startswith(QUIET_REASONS):
+                    stats.files_skipped += 1
+                    self.store.log_error(rel, src)
+                    log.info("index: skipped %s: %s", rel, src)
+                if old is not None:
+                    stats.files_removed += 1
+                    plans.append(FilePlan(rel, None, remove=list(old["elements"])))
+                continue
+            if old is not None and old["sha"] == src.sha256:
+                stats.files_unchanged += 1
+                continue
+            stats.files_changed += 1
+            names: set[str] = set()
+            new = [(element_name(c, names), c) for c in chunk_file(rel, src.text, src.language)]
+            old_elements = set(old["elements"]) if old else set()
+            new_elements = {e for e, _ in new}
+            plans.append(FilePlan(
+                rel, src.sha256, src.language,
+                remove=[e for e in (old["elements"] if old else []) if e not in new_elements],
+                add=[(e, c) for e, c in new if e not in old_elements],
+                reattribute=[(e, c) for e, c in new if e in old_elements],  # pruned in _write when unchanged
+                elements=[e for e, _ in new],
+            ))  # fmt: skip
+        return plans
+
+    def _write(self, plans: list[FilePlan], stats: UpdateStats) -> None:
+        if not plans:
+            return
+        old_elements = [e for p in plans for e in p.remove] + [e for p in plans for e, _ in p.reattribute]
+        old_records = {
+            e: r for e, r in zip(old_elements, self.store.chunk_records(old_elements), strict=True) if r
+        }
+        for plan in plans:
+            plan.reattribute = [(e, c) for e, c in plan.reattribute if _moved(old_records.get(e), c)]
+        reusable = self._reusable_vectors(plans, old_records)
+        for start in range(0, len(plans), FILES_PER_WRITE_GROUP):
+            group = plans[start : start + FILES_PER_WRITE_GROUP]
+            self.store.set_status(pending=len(plans) - start)
+            vectors = self._vectors_for(group, reusable, stats)
+            for plan in group:
+                self.store.apply(plan, old_records, vectors)
+                stats.chunks_added += len(plan.add)
+                stats.chunks_removed += len(plan.remove)
+                stats.chunks_reattributed += len(plan.reattribute)
+            for tokenizer in self.tokenizers.values():
+                tokens.make_missing(
+                    self.redis, tokenizer, [(c.content_hash, c.text) for p in group for _, c in p.add]
+                )
+
+    def _reusable_vectors(
+        self, plans: list[FilePlan], old_records: dict[str, dict[str, Any]]
+    ) -> dict[str, np.ndarray]:
+        """embed-hash -> stored vector of an element about to be removed whose text comes back elsewhere
+        (a rename, a move, an edit elsewhere in a file): read before any VREM, so it is never re-embedded."""
+        wanted = {embed_hash(c) for p in plans for _, c in p.add}
+        source: dict[str, str] = {}
+        for p in plans:
+            for e in p.remove:
+                eh = old_records.get(e, {}).get("eh")
+                if eh in wanted and eh not in source:
+                    source[eh] = e
+        if not source:
+            return {}
+        found = self.store.vectors(list(source.values()))
+        return {eh: v for eh, v in zip(source, found, strict=True) if v is not None}
+
+    def _vectors_for(
+        self, group: list[FilePlan], reusable: dict[str, np.ndarray], stats: UpdateStats
+    ) -> dict[str, np.ndarray]:
+        vectors: dict[str, np.ndarray] = {}
+        todo: list[tuple[str, Chunk]] = []
+        for plan in group:
+            for element, chunk in plan.add:
+                vec = reusable.get(embed_hash(chunk))
+                if vec is not None:
+                    vectors[element] = vec
+                    stats.vectors_reused += 1
+                else:
+                    todo.append((element, chunk))
+        if todo:
+            embedded = self.encoder.encode([c.embed_text for _, c in todo])
+            stats.chunks_embedded += len(todo)
+            for (element, _), vec in zip(todo, embedded, strict=True):
+                vectors[element] = vec
+        return vectors
+
+    # ---- reading -----------------------------------------------------------------------------------
+    def search(self, query: str, k: int = 8, path_glob: str | None = None, lang: str | None = None,
+               mode: str = "hybrid") -> list[Hit]:  # fmt: skip
+        """Best chunks for `query`: VSIM (with FILTER) fused with BM25 by reciprocal rank; mode
+        "vector" or "lexical" uses one signal alone."""
+        from indexer.search import search
+
+        return search(self, query, k=k, path_glob=path_glob, lang=lang, mode=mode)
+
+    def token_ids(self, hit: Hit, tokenizer: tokens.TokenizerLike) -> list[int]:
+        """The hit's text as token ids of `tokenizer`, from its pre-tokenized blob (made once)."""
+        return tokens.token_ids(self.redis, tokenizer, hit.content_hash, hit.text)
+
+    def use_tokenizer(self, tokenizer: tokens.TokenizerLike) -> int:
+        """Pre-tokenize every indexed chunk for `tokenizer` now and every new chunk from now on; returns
+        how many blobs were made (chunks already tokenized by this tokenizer identity cost nothing)."""
+        self.tokenizers[tokenizer.identity] = tokenizer
+        made = 0
+        for _, batch in self.iter_chunk_records():
+            made += tokens.make_missing(self.redis, tokenizer, [(r["hash"], r["text"]) for r in batch])
+        return made
+
+    def iter_chunk_records(self, batch: int = 500) -> Iterable[tuple[list[str], list[dict[str, Any]]]]:
+        elements: list[str] = []
+        records: list[dict[str, Any]] = []
+        for element, raw in self.redis.hscan_iter(self.store.chunks_key, count=batch):
+            import json
+
+            elements.append(element.decode())
+            records.append(json.loads(raw))
+            if len(elements) >= batch:
+                yield elements, records
+                elements, records = [], []
+        if elements:
+            yield elements, records
+
+    def status(self) -> dict[str, str]:
+        return self.store.status()
+
+    def drop(self) -> int:
+        return self.store.drop()
+
+
+def _moved(old: dict[str, Any] | None, chunk: Chunk) -> bool:
+    if old is None:
+        return False
+    return (old["start"], old["end"], old["symbol"]) != (chunk.start_line, chunk.end_line, chunk.symbol)

@@ -1,0 +1,48 @@
+"""What a caller may set for one turn; the settings among them stick to the session."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from sessions.model import Settings
+from workbench.errors import UsageError
+
+
+@dataclass
+class TurnOptions:
+    model: str | None = None  # a new session's model; on a resumed one: continue with this model
+    backend: str | None = None  # "numpy" | "mlx"; None: the engine's default
+    repo: str | None = None  # a new session's repository (default: the current directory's)
+    title: str | None = None  # a new session's title (default: from the prompt)
+    system_prompt: str | None = None
+    rag: bool | None = None
+    thinking: bool | None = None
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    seed: int | None = None
+    no_cache: bool = False  # recompute the whole prompt (the A/B reference); blocks are still saved
+
+    def apply(self, settings: Settings) -> Settings:
+        """`settings` with this turn's overrides; raises UsageError naming a bad value."""
+        sampling = dataclasses.replace(settings.sampling)
+        for name in ("max_tokens", "temperature", "top_p", "top_k", "seed"):
+            value = getattr(self, name)
+            if value is not None:
+                setattr(sampling, name, value)
+        if sampling.max_tokens < 1:
+            raise UsageError(f"max_tokens must be >= 1, got {sampling.max_tokens}")
+        if sampling.temperature < 0:
+            raise UsageError(f"temperature must be >= 0, got {sampling.temperature}")
+        if not 0 < sampling.top_p <= 1:
+            raise UsageError(f"top_p must be in (0, 1], got {sampling.top_p}")
+        out = dataclasses.replace(settings, sampling=sampling)
+        if self.system_prompt is not None:
+            out.system_prompt = self.system_prompt or None
+        if self.rag is not None:
+            out.rag = self.rag
+        if self.thinking is not None:
+            out.thinking = self.thinking
+        return out

@@ -1,0 +1,72 @@
+"""RAG for a turn: search the repository's index and keep the best chunks within a token budget."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from sessions.prompt import chunk_header
+
+log = logging.getLogger("workbench.sessions")
+
+
+@dataclass
+class Retrieved:
+    chunks: list[dict[str, Any]] = field(default_factory=list)  # as stored in Message.context
+    ids: dict[int, list[int]] = field(default_factory=dict)  # position in chunks -> pre-tokenized ids
+    tokens: int = 0
+    skipped: str | None = None
+
+    def chunk_ids(self, chunk: dict[str, Any]) -> list[int] | None:
+        for i, c in enumerate(self.chunks):
+            if c is chunk:
+                return self.ids.get(i)
+        return None
+
+
+class Retriever:
+    """Opens each repository's index once per process and answers queries against it."""
+
+    def __init__(self) -> None:
+        self._indexes: dict[str, Any] = {}
+
+    def _index(self, repo: str) -> Any:
+        if repo not in self._indexes:
+            from indexer import Index  # imported here: sessions without RAG never load the indexer
+
+            self._indexes[repo] = Index.open(repo)
+        return self._indexes[repo]
+
+    def retrieve(self, repo: str, query: str, tokenizer: Any, k: int, budget: int) -> Retrieved:
+        """The top-`k` hits for `query` whose tokens (with their headers) fit in `budget`."""
+        try:
+            index = self._index(repo)
+            hits = index.search(query, k=k)
+        except Exception as exc:  # no index yet, no embedding model, Redis trouble: answer without RAG
+            reason = f"{type(exc).__name__}: {exc}"
+            log.warning("retrieval skipped for %s (%s)", repo, reason)
+            return Retrieved(skipped=reason)
+        out = Retrieved()
+        for hit in hits:
+            chunk = {
+                "path": hit.path,
+                "start_line": int(hit.start_line),
+                "end_line": int(hit.end_line),
+                "symbol": hit.symbol or None,
+                "score": round(float(hit.score), 6),
+                "text": hit.text,
+            }
+            try:
+                ids = list(index.token_ids(hit, tokenizer))
+            except Exception as exc:
+                log.warning("no pre-tokenized ids for %s (%s); tokenizing its text", hit.path, exc)
+                ids = tokenizer.encode(hit.text)
+            cost = len(ids) + len(tokenizer.encode(chunk_header(chunk))) + 1
+            if out.tokens + cost > budget:
+                continue  # a smaller, lower-ranked chunk may still fit
+            chunk["tokens"] = cost
+            out.ids[len(out.chunks)] = ids
+            out.chunks.append(chunk)
+            out.tokens += cost
+        return out
