@@ -1,6 +1,6 @@
 """Engine benchmark on random weights in Qwen3-0.6B's exact shapes, beside the machine's limits.
 
-    python -m bench.engine_bench            # numpy + transformers + mlx, writes docs/benchmarks.md "## Engine"
+    python -m bench.engine_bench           # numpy, transformers, mlx; writes docs/benchmarks.md "## Engine"
     python -m bench.engine_bench --quick    # shorter prompts, fewer decode steps, no docs update
 
 Each engine runs in its own subprocess (clean peak RSS): numpy and transformers (torch CPU fp32, same
@@ -20,7 +20,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -90,7 +92,7 @@ def write_random_checkpoint(directory: Path, config: dict, seed: int = 0) -> int
     with (directory / "model.safetensors").open("wb") as fh:
         fh.write(len(header_bytes).to_bytes(8, "little"))
         fh.write(header_bytes)
-        for name, shape in shapes.items():
+        for shape in shapes.values():
             if len(shape) == 1:
                 values = np.ones(shape, np.float32)
             else:
@@ -108,78 +110,135 @@ def prompt_ids(n: int, vocab: int) -> list[int]:
     return [int(x) for x in np.random.default_rng(n).integers(0, vocab, n)]
 
 
-def run_engine(path: Path, backend: str, prefill: list[int], decode_after: int, decode_steps: int) -> dict:
-    import engine
+class EngineRunner:
+    """engine.Model on one backend: prefill on a fresh cache, greedy decode one token per step."""
 
-    t0 = time.perf_counter()
-    model = engine.load_model(path, backend=backend)
-    out: dict = {"load_s": time.perf_counter() - t0, "load_peak_rss_gb": peak_rss_gb()}
-    vocab = model.config.vocab_size
-    for n in prefill:
-        cache, ids = model.make_cache(), prompt_ids(n, vocab)
+    def __init__(self, path: Path, backend: str) -> None:
+        import engine
+
         t0 = time.perf_counter()
-        model.forward(ids, cache)
-        out[f"prefill_{n}_tok_s"] = n / (time.perf_counter() - t0)
-    cache = model.make_cache()
-    logits = model.forward(prompt_ids(decode_after, vocab), cache)
+        self.model = engine.load_model(path, backend=backend)
+        self.load_s = time.perf_counter() - t0
+
+    def prefill(self, ids: list[int]) -> None:
+        self.model.forward(ids, self.model.make_cache())
+
+    def start_decode(self, ids: list[int]) -> None:
+        self.cache = self.model.make_cache()
+        self.logits = self.model.forward(ids, self.cache)
+
+    def decode_step(self) -> None:
+        self.logits = self.model.forward([int(np.argmax(self.logits))], self.cache)
+
+
+class WeightFloorRunner:
+    """A plain numpy fp32 pass over the model's own weight matrices (x @ W once each): what one decode
+    step costs in memory traffic alone."""
+
+    def __init__(self, network: object) -> None:
+        from engine.backends.numpy_backend import LinearWeight
+
+        self.mats = []
+        for layer in network.layers:  # type: ignore[attr-defined]
+            a, m = layer.self_attn, layer.mlp
+            self.mats += [a.qkv.wt, a.o_proj.wt, m.gate_up.wt, m.down.wt]
+        head = network.lm_head  # type: ignore[attr-defined]
+        self.mats.append(head.wt if isinstance(head, LinearWeight) else head.T)
+        self.xs = [np.ones((1, w.shape[0]), np.float32) for w in self.mats]
+        self.nbytes = sum(w.nbytes for w in self.mats)
+
+    def start_decode(self, ids: list[int]) -> None:
+        pass
+
+    def decode_step(self) -> None:
+        for x, w in zip(self.xs, self.mats, strict=True):
+            x @ w
+
+
+class TransformersRunner:
+    """transformers (torch CPU fp32) on the same checkpoint; `last_only` asks for the last logits only."""
+
+    def __init__(self, path: Path, last_only: bool = False, model: object = None) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        self.torch = torch
+        t0 = time.perf_counter()
+        self.model = model or AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+        self.load_s = time.perf_counter() - t0
+        self.kwargs = {"logits_to_keep": 1} if last_only else {}
+
+    def prefill(self, ids: list[int]) -> None:
+        with self.torch.inference_mode():
+            self.model(self.torch.tensor([ids]), **self.kwargs)  # type: ignore[operator]
+
+    def start_decode(self, ids: list[int]) -> None:
+        with self.torch.inference_mode():
+            out = self.model(self.torch.tensor([ids]), use_cache=True, logits_to_keep=1)  # type: ignore[operator]
+        self.past, self.token = out.past_key_values, out.logits[0, -1].argmax().view(1, 1)
+
+    def decode_step(self) -> None:
+        with self.torch.inference_mode():
+            out = self.model(self.token, past_key_values=self.past, use_cache=True)  # type: ignore[operator]
+        self.past, self.token = out.past_key_values, out.logits[0, -1].argmax().view(1, 1)
+
+
+def _timed(fn: Callable[[], object]) -> float:
     t0 = time.perf_counter()
-    for _ in range(decode_steps):
-        logits = model.forward([int(np.argmax(logits))], cache)
-    out["decode_tok_s"] = decode_steps / (time.perf_counter() - t0)
-    if backend == "numpy":
-        out |= weight_floor(model.network)
-    out["peak_rss_gb"] = peak_rss_gb()
-    return out
-
-
-def weight_floor(network: object) -> dict:
-    """A plain numpy fp32 pass over the model's own weight matrices: x @ W once each, as decode must."""
-    from engine.backends.numpy_backend import LinearWeight
-
-    mats = []
-    for layer in network.layers:  # type: ignore[attr-defined]
-        a, m = layer.self_attn, layer.mlp
-        mats += [a.qkv.wt, a.o_proj.wt, m.gate_up.wt, m.down.wt]
-    head = network.lm_head  # type: ignore[attr-defined]
-    mats.append(head.wt if isinstance(head, LinearWeight) else head.T)
-    xs = [np.ones((1, w.shape[0]), np.float32) for w in mats]
-    nbytes = sum(w.nbytes for w in mats)
-    best = min(_timed(lambda: [x @ w for x, w in zip(xs, mats, strict=True)]) for _ in range(5))
-    return {"weight_gb": nbytes / 1e9, "floor_tok_s": 1 / best, "floor_gbs": nbytes / best / 1e9}
-
-
-def _timed(fn: object) -> float:
-    t0 = time.perf_counter()
-    fn()  # type: ignore[operator]
+    fn()
     return time.perf_counter() - t0
 
 
-def run_transformers(path: Path, prefill: list[int], decode_after: int, decode_steps: int) -> dict:
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    t0 = time.perf_counter()
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-    out: dict = {
-        "load_s": time.perf_counter() - t0,
-        "load_peak_rss_gb": peak_rss_gb(),
-        "threads": torch.get_num_threads(),
+def compare(path: Path, prefill: list[int], decode_after: int, decode_steps: int, reps: int) -> dict:
+    """numpy, its weight floor and transformers in one process, interleaved step by step, so that load
+    from other work on the machine falls on all of them alike. Prefill: best of `reps`; decode: median
+    step time."""
+    numpy_runner = EngineRunner(path, "numpy")
+    vocab = numpy_runner.model.config.vocab_size
+    tf_all = TransformersRunner(path)
+    runners: dict[str, Any] = {
+        "numpy": numpy_runner,
+        "transformers": tf_all,
+        "transformers_last": TransformersRunner(path, True, tf_all.model),
+        "floor": WeightFloorRunner(numpy_runner.model.network),
     }
-    vocab = model.config.vocab_size
-    with torch.inference_mode():
-        for n in prefill:
-            ids = torch.tensor([prompt_ids(n, vocab)])
-            for label, kwargs in (("", {}), ("_last_logits", {"logits_to_keep": 1})):
-                t0 = time.perf_counter()
-                model(ids, **kwargs)
-                out[f"prefill_{n}{label}_tok_s"] = n / (time.perf_counter() - t0)
-        result = model(torch.tensor([prompt_ids(decode_after, vocab)]), use_cache=True, logits_to_keep=1)
-        past, token = result.past_key_values, result.logits[0, -1].argmax().view(1, 1)
-        t0 = time.perf_counter()
-        for _ in range(decode_steps):
-            result = model(token, past_key_values=past, use_cache=True)
-            past, token = result.past_key_values, result.logits[0, -1].argmax().view(1, 1)
-        out["decode_tok_s"] = decode_steps / (time.perf_counter() - t0)
+    out: dict[str, dict] = {name: {} for name in runners}
+    for n in prefill:
+        ids = prompt_ids(n, vocab)
+        best = dict.fromkeys(runners, float("inf"))
+        for _ in range(reps):
+            for name, runner in runners.items():
+                if name != "floor":
+                    best[name] = min(best[name], _timed(lambda r=runner, i=ids: r.prefill(i)))
+        for name, seconds in best.items():
+            if name != "floor":
+                out[name][f"prefill_{n}_tok_s"] = n / seconds
+    ids = prompt_ids(decode_after, vocab)
+    steps: dict[str, list[float]] = {name: [] for name in runners if name != "transformers_last"}
+    for name in steps:
+        runners[name].start_decode(ids)
+    for _ in range(decode_steps):
+        for name in steps:
+            steps[name].append(_timed(runners[name].decode_step))
+    for name, times in steps.items():
+        out[name]["decode_tok_s"] = 1 / float(np.median(times))
+    out["floor"] |= {
+        "weight_gb": runners["floor"].nbytes / 1e9,
+        "floor_gbs": runners["floor"].nbytes * out["floor"]["decode_tok_s"] / 1e9,
+    }
+    out["transformers_last"]["decode_tok_s"] = out["transformers"]["decode_tok_s"]
+    return out
+
+
+def footprint(path: Path, backend: str, prefill: list[int], decode_steps: int) -> dict:
+    """Load time and peak RSS of one engine alone: after loading, and after a prefill + decode."""
+    runner = TransformersRunner(path) if backend == "transformers" else EngineRunner(path, backend)
+    out: dict = {"load_s": runner.load_s, "load_peak_rss_gb": peak_rss_gb()}
+    vocab = 151936
+    for n in prefill:
+        out[f"prefill_{n}_tok_s"] = n / _timed(lambda n=n: runner.prefill(prompt_ids(n, vocab)))
+    runner.start_decode(prompt_ids(prefill[-1], vocab))
+    out["decode_tok_s"] = decode_steps / _timed(lambda: [runner.decode_step() for _ in range(decode_steps)])
     out["peak_rss_gb"] = peak_rss_gb()
     return out
 
@@ -202,64 +261,69 @@ def fmt(value: object, digits: int = 1) -> str:
 
 
 def render(results: dict, limits: dict, params: int, args: argparse.Namespace) -> str:
-    np_r, tf_r, mx_r = results["numpy"], results["transformers"], results.get("mlx", {})
-    long_n, short_n = args.prefill[-1], args.prefill[0]
-    matmul_params = params - QWEN3_06B["vocab_size"] * QWEN3_06B["hidden_size"]
-    rows = [
-        ("numpy", np_r, f"prefill_{short_n}_tok_s", f"prefill_{long_n}_tok_s"),
-        ("transformers fp32 (all logits)", tf_r, f"prefill_{short_n}_tok_s", f"prefill_{long_n}_tok_s"),
-        (
-            "transformers fp32 (last logits only)",
-            tf_r,
-            f"prefill_{short_n}_last_logits_tok_s",
-            f"prefill_{long_n}_last_logits_tok_s",
-        ),
-    ]
+    cmp_, short_n, long_n = results["compare"], args.prefill[0], args.prefill[-1]
+    np_r, tf_r, tfl_r, floor = cmp_["numpy"], cmp_["transformers"], cmp_["transformers_last"], cmp_["floor"]
+    np_fp, tf_fp, mx_r = results["numpy_footprint"], results["transformers_footprint"], results.get("mlx", {})
     lines = [
         "## Engine",
         "",
-        f"`python -m bench.engine_bench{' --quick' if args.quick else ''}` — random weights in Qwen3-0.6B's exact "
-        f"shapes ({params / 1e6:.0f}M parameters, bf16 checkpoint, computed in fp32; decode after "
-        f"{args.decode_after} tokens, {args.decode_steps} steps). {time.strftime('%Y-%m-%d')}, "
-        f"{os.cpu_count()} CPUs (shared with other work: figures vary by ~10-20% run to run).",
+        f"`python -m bench.engine_bench{' --quick' if args.quick else ''}`: random weights in Qwen3-0.6B's "
+        f"exact shapes ({params / 1e6:.0f}M parameters, bf16 checkpoint, computed in fp32), "
+        f"{time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPUs shared with other work. numpy, transformers "
+        f"(torch {results.get('torch', '?')} CPU fp32, same checkpoint) and the weight floor run interleaved "
+        f"in one process (prefill: best of {args.reps}; decode after {args.decode_after} tokens: median of "
+        f"{args.decode_steps} steps); load time and peak RSS come from each engine alone.",
         "",
-        f"| engine | load s | load peak RSS GB | prefill {short_n} tok/s | prefill {long_n} tok/s "
-        f"| decode tok/s | peak RSS GB |",
+        f"| engine | load s | load peak RSS GB | peak RSS GB | prefill {short_n} tok/s "
+        f"| prefill {long_n} tok/s | decode tok/s |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for label, r, short_key, long_key in rows:
-        lines.append(
-            f"| {label} | {fmt(r.get('load_s'))} | {fmt(r.get('load_peak_rss_gb'), 2)} | "
-            f"{fmt(r.get(short_key))} | {fmt(r.get(long_key))} | {fmt(r.get('decode_tok_s'), 2)} | "
-            f"{fmt(r.get('peak_rss_gb'), 2)} |"
+
+    def row(label: str, speed: dict, foot: dict) -> str:
+        return (
+            f"| {label} | {fmt(foot.get('load_s'))} | {fmt(foot.get('load_peak_rss_gb'), 2)} | "
+            f"{fmt(foot.get('peak_rss_gb'), 2)} | {fmt(speed.get(f'prefill_{short_n}_tok_s'))} | "
+            f"{fmt(speed.get(f'prefill_{long_n}_tok_s'))} | {fmt(speed.get('decode_tok_s'), 2)} |"
         )
-    if mx_r:
+
+    lines += [
+        row("engine numpy", np_r, np_fp),
+        row("transformers fp32 (logits of all positions)", tf_r, tf_fp),
+        row("transformers fp32 (last position's logits)", tfl_r, tf_fp),
+        row("numpy weight floor (x @ W over the same weights)", floor, {}),
+    ]
+    if mx_r and "error" not in mx_r:
+        mlx_speed = {f"prefill_{short_n}_tok_s": None, "decode_tok_s": mx_r.get("decode_tok_s")}
         lines.append(
-            f"| mlx (CPU; prefill {args.mlx_prefill}, {args.mlx_decode_steps} decode steps) | "
-            f"{fmt(mx_r.get('load_s'))} | {fmt(mx_r.get('load_peak_rss_gb'), 2)} | "
-            f"{fmt(mx_r.get(f'prefill_{args.mlx_prefill}_tok_s'))} | - | "
-            f"{fmt(mx_r.get('decode_tok_s'), 2)} | {fmt(mx_r.get('peak_rss_gb'), 2)} |"
+            row(
+                f"engine mlx (CPU; {args.mlx_decode_steps} decode steps after {args.mlx_prefill} "
+                f"tokens; prefill {args.mlx_prefill}: {fmt(mx_r.get(f'prefill_{args.mlx_prefill}_tok_s'))}"
+                " tok/s)",
+                mlx_speed,
+                mx_r,
+            )
         )
-    ratio_prefill = np_r[f"prefill_{long_n}_tok_s"] / tf_r[f"prefill_{long_n}_tok_s"]
-    ratio_prefill_last = np_r[f"prefill_{long_n}_tok_s"] / tf_r[f"prefill_{long_n}_last_logits_tok_s"]
+    matmul_params = params - QWEN3_06B["vocab_size"] * QWEN3_06B["hidden_size"]
     gemm = limits["GEMM GFLOP/s (numpy fp32, 1024^3)"]
     achieved = 2 * matmul_params * np_r[f"prefill_{long_n}_tok_s"] / 1e9
+    decode_ratio = np_r["decode_tok_s"] / floor["decode_tok_s"]
     lines += [
         "",
-        f"- numpy weight floor (x @ W over the model's own {np_r['weight_gb']:.2f} GB of fp32 weights): "
-        f"{np_r['floor_tok_s']:.2f} tok/s at {np_r['floor_gbs']:.1f} GB/s "
-        f"(matvec limit below: {limits['matvec GB/s (numpy fp32, 96 MiB)']:.1f} GB/s).",
-        f"- numpy decode / weight floor: **{np_r['decode_tok_s'] / np_r['floor_tok_s']:.0%}** (target >= 90%).",
-        f"- numpy prefill {long_n} / transformers fp32: **{ratio_prefill:.2f}x** (target >= 1.2x); against "
-        f"transformers computing only the last position's logits: {ratio_prefill_last:.2f}x.",
-        f"- numpy prefill {long_n} runs the weight matmuls at {achieved:.0f} GFLOP/s "
-        f"({achieved / gemm:.0%} of the GEMM limit below; attention is extra).",
-        f"- numpy load peak RSS / final fp32 weights: {np_r['load_peak_rss_gb'] / np_r['weight_gb']:.2f} "
-        f"(target <= 1.3).",
-        "- mlx on Linux runs mlx's CPU backend (reference BLAS, ~1 GFLOP/s matmuls here), hence the short run;"
-        " on Apple Silicon mlx is the default backend.",
+        f"- numpy decode / weight floor ({floor['weight_gb']:.2f} GB of fp32 weights streamed at "
+        f"{floor['floor_gbs']:.1f} GB/s): **{decode_ratio:.0%}** (target >= 90%).",
+        f"- numpy prefill {long_n} / transformers fp32: "
+        f"**{np_r[f'prefill_{long_n}_tok_s'] / tf_r[f'prefill_{long_n}_tok_s']:.2f}x** (target >= 1.2x); "
+        f"against transformers computing only the last position's logits: "
+        f"{np_r[f'prefill_{long_n}_tok_s'] / tfl_r[f'prefill_{long_n}_tok_s']:.2f}x.",
+        f"- numpy decode / transformers decode: {np_r['decode_tok_s'] / tf_r['decode_tok_s']:.2f}x.",
+        f"- numpy prefill {long_n} runs the weight matmuls at {achieved:.0f} GFLOP/s, "
+        f"{achieved / gemm:.0%} of the GEMM limit below (attention is extra).",
+        f"- numpy load peak RSS / final fp32 weights: {np_fp['load_peak_rss_gb'] / floor['weight_gb']:.2f} "
+        "(target <= 1.3).",
+        "- mlx on Linux uses its CPU backend (reference BLAS: about 1 GFLOP/s matmuls here), hence the short "
+        "run; on Apple Silicon mlx is the default backend.",
         "",
-        "Machine limits measured in the same run:",
+        "Machine limits, measured in the same run (`bench/machine.py`):",
         "",
         machine.limits_table(limits),
         "",
@@ -282,6 +346,12 @@ def write_section(section: str) -> None:
     BENCH_DOC.write_text(new if new.endswith("\n") else new + "\n")
 
 
+def run_worker(argv: list[str]) -> None:
+    kind, path, spec = argv[0], Path(argv[1]), json.loads(argv[2])
+    result = compare(path, **spec) if kind == "compare" else footprint(path, kind, **spec)
+    print(json.dumps(result))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -289,40 +359,44 @@ def main() -> None:
     parser.add_argument(
         "--quick", action="store_true", help="prefill 128/512, 8 decode steps, no docs update"
     )
-    parser.add_argument("--skip", nargs="*", default=[], choices=["transformers", "mlx"])
-    parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
+    parser.add_argument("--skip-mlx", action="store_true")
+    parser.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        kind, path, spec = args.worker[0], Path(args.worker[1]), json.loads(args.worker[2])
-        if kind == "transformers":
-            print(json.dumps(run_transformers(path, **spec)))
-        else:
-            print(json.dumps(run_engine(path, kind, **spec)))
+        run_worker(args.worker)
         return
     args.prefill = [128, 512] if args.quick else [512, 2048]
-    args.decode_after, args.decode_steps = (256, 8) if args.quick else (512, 32)
+    args.decode_after, args.decode_steps, args.reps = (256, 8, 1) if args.quick else (512, 24, 2)
     args.mlx_prefill, args.mlx_decode_steps = 16, 3
+    results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="wb-engine-bench-") as tmp:
         path = Path(tmp) / "qwen3-0.6b-shape"
         params = write_random_checkpoint(path, QWEN3_06B)
-        spec = {"prefill": args.prefill, "decode_after": args.decode_after, "decode_steps": args.decode_steps}
-        results = {"numpy": in_subprocess(["numpy", str(path), json.dumps(spec)])}
-        print("numpy", results["numpy"], flush=True)
-        if "transformers" not in args.skip:
-            results["transformers"] = in_subprocess(["transformers", str(path), json.dumps(spec)])
-            print("transformers", results["transformers"], flush=True)
-        if "mlx" not in args.skip:
-            mlx_spec = {
-                "prefill": [args.mlx_prefill],
-                "decode_after": args.mlx_prefill,
-                "decode_steps": args.mlx_decode_steps,
-            }
-            results["mlx"] = in_subprocess(["mlx", str(path), json.dumps(mlx_spec)])
-            print("mlx", results["mlx"], flush=True)
+        foot = {"prefill": [512], "decode_steps": 4}
+        jobs = {
+            "numpy_footprint": ["numpy", foot],
+            "transformers_footprint": ["transformers", foot],
+            "compare": [
+                "compare",
+                {
+                    "prefill": args.prefill,
+                    "decode_after": args.decode_after,
+                    "decode_steps": args.decode_steps,
+                    "reps": args.reps,
+                },
+            ],
+        }
+        if not args.skip_mlx:
+            jobs["mlx"] = ["mlx", {"prefill": [args.mlx_prefill], "decode_steps": args.mlx_decode_steps}]
+        for name, (kind, spec) in jobs.items():
+            results[name] = in_subprocess([kind, str(path), json.dumps(spec)])
+            print(name, results[name], flush=True)
+            if "error" in results[name] and name != "mlx":
+                raise SystemExit(f"{name} failed: {results[name]['error']}")
         limits = machine.measure_limits(directory=tmp)
-    if "transformers" not in results or "error" in results["numpy"] or "error" in results["transformers"]:
-        print(machine.limits_table(limits))
-        return
+    import torch
+
+    results["torch"] = torch.__version__
     section = render(results, limits, params, args)
     print(section)
     if not args.quick:

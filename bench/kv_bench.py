@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import tempfile
 import time
@@ -73,6 +74,14 @@ def cold_prefill(model: Any, ids: list[int], lengths: list[int]) -> tuple[Any, d
             logits[start + CHUNK] = last
             print(f"cold prefill {start + CHUNK} tokens: {cold[start + CHUNK]:.1f} s", flush=True)
     return cache, cold, logits
+
+
+def first_touch_gbs(mib: int = 512) -> float:
+    """Writing freshly allocated memory (page faults included): what filling a new KV cache costs."""
+    t0 = time.perf_counter()
+    buf = np.empty(mib << 18, dtype=np.float32)
+    buf.fill(1.0)
+    return buf.nbytes / (time.perf_counter() - t0) / 1e9
 
 
 def raw_disk_gbs(tier: DiskTier, keys: list[str]) -> float:
@@ -139,22 +148,23 @@ def render(r: dict, limits: dict) -> str:
     lines = [
         HEADING,
         "",
-        f"`python -m bench.kv_bench` on random weights in Qwen3-0.6B's shapes (28 layers, 8 KV heads x 128),",
+        "`python -m bench.kv_bench` on random weights in Qwen3-0.6B's shapes (28 layers, 8 KV heads x 128),",
         f"numpy backend (KV float32), block size {bs}. Resume = restore from ONE tier into a fresh cache, no",
         "memory tier; disk with the block files dropped from the page cache (fadvise DONTNEED after fsync);",
         "Redis = private redis-server 8 on a unix socket. The tail record holds the last logits, so resume",
         "TTFT is the whole restore and no token is recomputed (first token identical, logits bit-equal).",
         "",
-        "| history | cold prefill TTFT | resume disk | x | resume Redis | x | disk restore GB/s | Redis restore GB/s |",
+        "| history | cold prefill TTFT | resume disk | x | resume Redis | x | disk GB/s | Redis GB/s |",
         "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]  # fmt: skip
     for n in lengths:
         d, rd = fp["disk"]["resume"][n], fp["redis"]["resume"][n]
+        cold = r["cold"][n]
         lines.append(
-            f"| {n} | {r['cold'][n]:.1f} s | {d['ttft_s']:.3f} s | {r['cold'][n] / d['ttft_s']:.0f}x "
-            f"| {rd['ttft_s']:.3f} s | {r['cold'][n] / rd['ttft_s']:.0f}x | {d['gbs']:.2f} | {rd['gbs']:.2f} |"
+            f"| {n} | {cold:.1f} s | {d['ttft_s']:.3f} s | {cold / d['ttft_s']:.0f}x "
+            f"| {rd['ttft_s']:.3f} s | {cold / rd['ttft_s']:.0f}x | {d['gbs']:.2f} | {rd['gbs']:.2f} |"
         )
-    lines += ["", "Restore throughput beside the raw tier throughput over the same block bytes (same run):", "",
+    lines += ["", "Restore throughput beside the raw tier throughput over the same bytes (same run):", "",
               "| dtype | bytes/token | disk restore / raw read GB/s | Redis restore / raw GET GB/s | resume "
               f"{lengths[-1]} disk | Redis |", "| --- | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
     for dtype, t in r["tiers"].items():
@@ -181,10 +191,13 @@ def render(r: dict, limits: dict) -> str:
                   "| --- | ---: | ---: | ---: | ---: |"]  # fmt: skip
         for q in r["quality"]:
             lines.append(
-                f"| {q['dtype']} | {q['tokens']} | {q['first_divergence']} | {q['teacher_forced_agreement']:.1%} "
+                f"| {q['dtype']} | {q['tokens']} | {q['first_divergence']} "
+                f"| {q['teacher_forced_agreement']:.1%} "
                 f"| {q['max_logit_error']:.4f} ({q['max_logit_error_rel']:.2%}) |"
             )
-    lines += ["", machine.limits_table(limits), ""]
+    load = r["load"]
+    lines += ["", f"Load average (2 cores, shared): {load['cold_prefill']:.1f} during the cold "
+              f"prefill, {load['end']:.1f} at the end.", "", machine.limits_table(limits), ""]  # fmt: skip
     return "\n".join(lines)
 
 
@@ -226,8 +239,15 @@ def main() -> None:
             write_random_checkpoint(tmp / "model", QWEN3_06B)
             model = engine.load_model(str(tmp / "model"), backend="numpy")
             ids = prompt_ids(max(lengths), QWEN3_06B["vocab_size"])
+            load_cold = os.getloadavg()[0]
             cache, cold, logits = cold_prefill(model, ids, sorted({*lengths, ARGS.sweep_length}))
-            results: dict[str, Any] = {"block_size": DEFAULT_BLOCK_SIZE, "tiers": {}, "sweep": {}, "quality": []}
+            load_cold = max(load_cold, os.getloadavg()[0])
+            results: dict[str, Any] = {
+                "block_size": DEFAULT_BLOCK_SIZE,
+                "tiers": {},
+                "sweep": {},
+                "quality": [],
+            }
             results["cold"] = {n: cold[n] for n in lengths}
             main_logits = {n: logits[n] for n in lengths}
 
@@ -236,7 +256,8 @@ def main() -> None:
 
             for dtype in ARGS.dtypes.split(","):
                 results["tiers"][dtype] = {
-                    t.name: run_tier(model, t, dtype, DEFAULT_BLOCK_SIZE, cache, ids, main_logits) for t in tiers()
+                    t.name: run_tier(model, t, dtype, DEFAULT_BLOCK_SIZE, cache, ids, main_logits)
+                    for t in tiers()
                 }
             n = ARGS.sweep_length
             results["sweep_length"] = n
@@ -251,6 +272,8 @@ def main() -> None:
                     print(q, flush=True)
                     results["quality"].append(q)
             limits = machine.measure_limits(client, directory=tmp)
+            limits["fresh memory first write GB/s (512 MiB)"] = first_touch_gbs()
+            results["load"] = {"cold_prefill": load_cold, "end": os.getloadavg()[0]}
         finally:
             proc.terminate()
             proc.wait(timeout=30)

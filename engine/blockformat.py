@@ -91,10 +91,11 @@ def quantize_int8(x: np.ndarray, group: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def dequantize_int8(q: np.ndarray, scale: np.ndarray, group: int) -> np.ndarray:
+    """float32 values of int8 `q` with fp16 `scale`: one pass, the int8 cast fused into the multiply."""
     shape = q.shape
-    g = q.reshape(*shape[:-1], shape[-1] // group, group).astype(np.float32)
-    g *= scale.astype(np.float32)[..., None]
-    return g.reshape(shape)
+    grouped = q.reshape(*shape[:-1], shape[-1] // group, group)
+    out = np.multiply(grouped, scale.astype(np.float32)[..., None], dtype=np.float32)
+    return out.reshape(shape)
 
 
 def encode_block(

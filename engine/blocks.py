@@ -14,7 +14,6 @@ leaves it exactly as it was.
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 from collections.abc import Iterator
@@ -32,9 +31,9 @@ from engine.blockformat import (
     BlockShape,
     DecodedBlock,
     decode_block,
-    encode_block,
 )
 from engine.blockkeys import chain_keys, model_identity, storage_dtype, tail_key
+from engine.blockwriter import BlockWriter
 
 log = logging.getLogger(__name__)
 
@@ -104,10 +103,7 @@ class BlockStore:
         self.stats_sink = stats_sink
         self.counters: dict[str, int] = {}
         self._count_lock = threading.Lock()
-        self._queue: queue.Queue[tuple | None] = queue.Queue()
-        self._pending: set[tuple[str, str]] = set()  # (tier, key) queued but not yet written
-        self._pending_lock = threading.Lock()
-        self._writer: threading.Thread | None = None
+        self._writer = BlockWriter(self._count)
         self._readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="kv-read")
 
     # -- restore ---------------------------------------------------------------------------------
@@ -199,6 +195,9 @@ class BlockStore:
             if not holders:
                 break
             run.append((key, holders))
+        reserve = getattr(cache, "reserve", None)
+        if run and reserve is not None:  # one allocation instead of doublings while blocks arrive
+            reserve(cache.offset + len(run) * self.block_size + self.block_size)
         for got, dropped in self._prefetched(model, run):
             res.dropped += dropped
             if got is None:  # every copy of this block was bad: the run ends here
@@ -236,8 +235,8 @@ class BlockStore:
 
     @staticmethod
     def _extend(model: Any, cache: Any, block: DecodedBlock) -> None:
-        want = model.kv_dtype if model.kv_dtype in DTYPES else "float32"
-        cache.extend(block.k.astype(want, copy=False), block.v.astype(want, copy=False))
+        # A float16 block goes in as is: the cache converts it layer by layer while copying.
+        cache.extend(block.k, block.v)
 
     def _account(self, res: RestoreResult, ti: int, nbytes: int, n_tokens: int) -> None:
         name = self.tiers[ti].name
@@ -255,7 +254,7 @@ class BlockStore:
             faster[0].put(key, data)
             faster = faster[1:]
         if faster:
-            self._enqueue(("raw", key, data, [t for t in faster if self._claim(t.name, key)]))
+            self._writer.enqueue(("raw", key, data, [t for t in faster if self._writer.claim(t.name, key)]))
 
     # -- save ------------------------------------------------------------------------------------
     def save(
@@ -269,83 +268,32 @@ class BlockStore:
         n = min(len(token_ids), cache.offset)
         if n < len(token_ids):
             last_logits = None  # logits of a position the cache does not hold
-        dtype = storage_dtype(model, self.dtype)
-        keys = chain_keys(model_identity(model), dtype, token_ids[:n], self.block_size)
-        presence = self._presence(keys)
-        bs = self.block_size
-        for i, key in enumerate(keys):
-            targets = [
-                t for ti, t in enumerate(self.tiers) if not presence[ti][i] and self._claim(t.name, key)
-            ]
+        dtype, identity = storage_dtype(model, self.dtype), model_identity(model)
+        keys = chain_keys(identity, dtype, token_ids[:n], self.block_size)
+        tkey = tail_key(
+            identity, dtype, keys[-1] if keys else None, token_ids[len(keys) * self.block_size : n]
+        )
+        with_tail = n > len(keys) * self.block_size or last_logits is not None
+        records = [
+            (key, KIND_BLOCK, i * self.block_size, (i + 1) * self.block_size) for i, key in enumerate(keys)
+        ]
+        if with_tail:
+            records.append((tkey, KIND_TAIL, len(keys) * self.block_size, n))
+        presence = self._presence([r[0] for r in records])
+        for i, (key, kind, start, end) in enumerate(records):
+            missing = [t for ti, t in enumerate(self.tiers) if not presence[ti][i]]
+            targets = [t for t in missing if self._writer.claim(t.name, key)]
             if targets:
-                k, v = cache.export(i * bs, (i + 1) * bs)
-                self._enqueue(("encode", key, KIND_BLOCK, model_identity(model), dtype, k, v, None, targets))
-        pos = len(keys) * bs
-        if pos == n and last_logits is None:
-            return
-        tkey = tail_key(model_identity(model), dtype, keys[-1] if keys else None, token_ids[pos:n])
-        present = self._presence([tkey])
-        targets = [t for ti, t in enumerate(self.tiers) if not present[ti][0] and self._claim(t.name, tkey)]
-        if targets:
-            k, v = cache.export(pos, n)
-            self._enqueue(
-                ("encode", tkey, KIND_TAIL, model_identity(model), dtype, k, v, last_logits, targets)
-            )
-
-    def _claim(self, tier: str, key: str) -> bool:
-        with self._pending_lock:
-            if (tier, key) in self._pending:
-                return False
-            self._pending.add((tier, key))
-            return True
-
-    def _enqueue(self, job: tuple) -> None:
-        if not job[-1]:
-            return
-        if self._writer is None:
-            self._writer = threading.Thread(target=self._write_loop, name="kv-writer", daemon=True)
-            self._writer.start()
-        self._queue.put(job)
-
-    def _write_loop(self) -> None:
-        while (job := self._queue.get()) is not None:
-            try:
-                self._write(job)
-            except Exception:
-                log.warning("KV block write failed", exc_info=True)
-            finally:
-                self._queue.task_done()
-        self._queue.task_done()
-
-    def _write(self, job: tuple) -> None:
-        if job[0] == "raw":
-            _, key, data, targets = job
-        else:
-            _, key, kind, fingerprint, dtype, k, v, logits, targets = job
-            data = encode_block(bytes.fromhex(key), fingerprint, dtype, k, v, logits, kind)
-        counts: dict[str, int] = {}
-        for tier in targets:
-            try:
-                tier.put(key, data)
-                counts[f"written_blocks_{tier.name}"] = counts.get(f"written_blocks_{tier.name}", 0) + 1
-                counts[f"written_bytes_{tier.name}"] = counts.get(f"written_bytes_{tier.name}", 0) + len(data)
-            except Exception as exc:
-                log.warning("KV tier %s failed writing block %s: %s", tier.name, key[:16], exc)
-            finally:
-                with self._pending_lock:
-                    self._pending.discard((tier.name, key))
-        self._count(counts)
+                k, v = cache.export(start, end)
+                logits = last_logits if kind == KIND_TAIL else None
+                self._writer.enqueue(("encode", key, kind, identity, dtype, k, v, logits, targets))
 
     def flush(self) -> None:
         """Wait until every queued write has reached its tiers."""
-        self._queue.join()
+        self._writer.flush()
 
     def close(self) -> None:
-        self.flush()
-        if self._writer is not None:
-            self._queue.put(None)
-            self._writer.join()
-            self._writer = None
+        self._writer.close()
         self._readers.shutdown(wait=True)
 
     # -- references, gc, stats -------------------------------------------------------------------

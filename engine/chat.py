@@ -18,6 +18,7 @@ from typing import Any
 import jinja2
 import jinja2.ext
 import jinja2.utils
+import numpy as np
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from engine.errors import EngineError
@@ -120,8 +121,6 @@ def _plain(value: Any) -> Any:
         return value
     if isinstance(value, str):
         return str.__str__(value)
-    if isinstance(value, bool):
-        return bool(value)
     if isinstance(value, int):
         return int.__int__(value)
     if isinstance(value, float):
@@ -132,6 +131,8 @@ def _plain(value: Any) -> Any:
         return [_plain(v) for v in value]
     if isinstance(value, tuple):
         return tuple(_plain(v) for v in value)
+    if isinstance(value, np.generic):  # np.bool_(False) must not become a truthy placeholder
+        return _plain(value.item())
     return f"<{type(value).__name__}>"
 
 

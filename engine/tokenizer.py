@@ -65,7 +65,6 @@ class Tokenizer:
             self._tok = _HFTokenizer.from_str(raw.decode("utf-8"))
         except Exception as exc:  # tokenizers raises a bare Exception on malformed files
             raise ModelFormatError(f"{tokenizer_file} cannot be loaded by tokenizers: {exc}") from None
-        self._spec = json.loads(raw)
         self._config = _read_json(self.path / "tokenizer_config.json")
         self._generation = _read_json(self.path / "generation_config.json")
         self._model_config = _read_json(self.path / "config.json")
@@ -96,7 +95,7 @@ class Tokenizer:
     @cached_property
     def added_tokens(self) -> dict[int, tuple[str, bool]]:
         """id -> (content, special) for every added token in tokenizer.json."""
-        return {t["id"]: (t["content"], bool(t.get("special"))) for t in self._spec.get("added_tokens", [])}
+        return {i: (t.content, bool(t.special)) for i, t in self._tok.get_added_tokens_decoder().items()}
 
     @cached_property
     def special_tokens(self) -> dict[str, int]:
@@ -152,12 +151,13 @@ class Tokenizer:
     def token_bytes(self) -> list[bytes] | None:
         """The bytes each id stands for, when the tokenizer is byte-level BPE (Qwen, Llama 3, GPT-2);
         None otherwise. Used by the streaming detokenizer to decode incrementally in O(1) per token."""
-        decoder = self._spec.get("decoder") or {}
-        if decoder.get("type") != "ByteLevel" or self._spec.get("model", {}).get("type") != "BPE":
+        if type(self._tok.decoder).__name__ != "ByteLevel" or type(self._tok.model).__name__ != "BPE":
             return None
         byte_of_char = _byte_level_table()
-        table = [b""] * self.vocab_size
-        for token, i in self._tok.get_vocab(with_added_tokens=False).items():
+        vocab = self._tok.get_vocab(with_added_tokens=False)
+        size = 1 + max([*vocab.values(), *self.added_tokens, -1])  # ids may have gaps
+        table = [b""] * size
+        for token, i in vocab.items():
             try:
                 table[i] = bytes(byte_of_char[c] for c in token)
             except KeyError:

@@ -16,6 +16,9 @@ import numpy as np
 from engine.errors import ModelFormatError
 
 
+GELU_BLOCK_ROWS = 128
+
+
 @dataclass(frozen=True)
 class BertConfig:
     hidden_size: int
@@ -121,7 +124,7 @@ class BertModel:
             x = ops.layer_norm(
                 x + ops.linear(ctx, layer["o"], layer["o_b"]), *layer["ln1"], cfg.layer_norm_eps
             )
-            up = ops.gelu(ops.linear(x, layer["up"], layer["up_b"]))  # [N, i]
+            up = self._gelu(ops.linear(x, layer["up"], layer["up_b"]))  # [N, i]
             x = ops.layer_norm(
                 x + ops.linear(up, layer["down"], layer["down_b"]), *layer["ln2"], cfg.layer_norm_eps
             )
@@ -129,6 +132,16 @@ class BertModel:
         out = ops.to_numpy(x)
         starts = np.cumsum([0, *lengths])
         return [out[starts[j] : starts[j + 1]] for j in range(len(lengths))]
+
+    def _gelu(self, x: Any) -> Any:
+        """GELU over cache-sized row blocks: the elementwise passes then run from L2, about twice as fast
+        on numpy as one pass over the whole [N, intermediate] matrix."""
+        n = x.shape[0]
+        if n <= GELU_BLOCK_ROWS:
+            return self.ops.gelu(x)
+        return self.ops.concatenate(
+            [self.ops.gelu(x[i : i + GELU_BLOCK_ROWS]) for i in range(0, n, GELU_BLOCK_ROWS)]
+        )
 
     def _attention(self, qkv: Any, groups: list[tuple[list[int], int, list[int]]]) -> Any:
         """Bidirectional attention per group of equal-length sequences; returns [N, h] in packed order."""

@@ -69,7 +69,7 @@ def vector_ranking(
     vec = ix.encoder.encode([query])[0].astype("<f4").tobytes()
     expr = filter_expression(path_glob, lang)
     count = depth
-    total = ix.redis.vcard(ix.store.vset) if ix.redis.exists(ix.store.vset) else 0
+    total = ix.redis.vset().vcard(ix.store.vset) if ix.redis.exists(ix.store.vset) else 0
     while True:
         reply = ix.redis.vset().vsim(ix.store.vset, vec, with_scores=True, count=count, filter=expr,
                                      filter_ef=max(count * 100, 10_000) if expr else None)  # fmt: skip

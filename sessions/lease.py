@@ -113,7 +113,14 @@ class LeaseKeeper:
             ids = list(self._held)
         for session_id in ids:
             self.release(session_id)
+
+    def close(self) -> None:
+        """Release every lease and stop the heartbeat."""
+        self.release_all()
         self._stop.set()
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.join(timeout=5)
 
     def renew_once(self) -> None:
         with self._lock:
@@ -128,10 +135,11 @@ class LeaseKeeper:
                 log.warning("session %s: lease renewal failed (%s)", session_id, exc)
 
     def _ensure_thread(self) -> None:
-        if self._thread is None or not self._thread.is_alive():
-            self._stop.clear()
-            self._thread = threading.Thread(target=self._run, name="wb-session-lease", daemon=True)
-            self._thread.start()
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._stop.clear()
+                self._thread = threading.Thread(target=self._run, name="wb-session-lease", daemon=True)
+                self._thread.start()
 
     def _run(self) -> None:
         while not self._stop.wait(self.lease_ms / 3000):

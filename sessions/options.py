@@ -23,7 +23,7 @@ class TurnOptions:
     top_p: float | None = None
     top_k: int | None = None
     seed: int | None = None
-    no_cache: bool = False  # recompute the whole prompt (the A/B reference); blocks are still saved
+    no_cache: bool = False  # recompute the whole prompt, read and write no KV block (the A/B reference)
 
     def apply(self, settings: Settings) -> Settings:
         """`settings` with this turn's overrides; raises UsageError naming a bad value."""

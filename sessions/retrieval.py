@@ -42,6 +42,8 @@ class Retriever:
         """The top-`k` hits for `query` whose tokens (with their headers) fit in `budget`."""
         try:
             index = self._index(repo)
+            if index.store.counts()[1] == 0:  # nothing indexed: do not load the embedding model for nothing
+                return Retrieved(skipped=f"{repo} is not indexed (run `workbench index` there)")
             hits = index.search(query, k=k)
         except Exception as exc:  # no index yet, no embedding model, Redis trouble: answer without RAG
             reason = f"{type(exc).__name__}: {exc}"

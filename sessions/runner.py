@@ -175,7 +175,7 @@ def _run(job: TurnJob) -> Result:
     reply_index = len(s.messages)
 
     cache = model.make_cache()
-    blocks = job.blocks()
+    blocks = None if opts.no_cache else job.blocks()  # --no-cache: no block read or written
     from engine.blocks import RestoreResult
 
     restored = RestoreResult()

@@ -10,6 +10,7 @@ The BM25 corpus statistics (document count, average length) come from `len` and 
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections import Counter
@@ -35,15 +36,22 @@ def terms(text: str) -> list[str]:
     `HTTPServerError` -> httpservererror, http, server, error.
     """
     out: list[str] = []
-    for match in _WORD.finditer(text):
-        word = match.group()
-        whole = word.lower()
-        parts = [p.lower() for chunk in word.split("_") if chunk for p in _camel_parts(chunk)]
-        if len(whole) <= MAX_TERM_CHARS and (len(whole) > 1 or whole.isdigit()):
-            out.append(whole)
-        if len(parts) > 1:
-            out.extend(p for p in parts if len(p) > 1 and p != whole)
+    for word in _WORD.findall(text):
+        out.extend(_word_terms(word))
     return out
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _word_terms(word: str) -> tuple[str, ...]:
+    """The terms of one word (cached: text repeats its words, and splitting is the slow part)."""
+    whole = word.lower()
+    out = [whole] if len(whole) <= MAX_TERM_CHARS and (len(whole) > 1 or whole.isdigit()) else []
+    if "_" not in word and word.isalpha() and (word.islower() or word.isupper()):
+        return tuple(out)  # a plain word: nothing to split
+    parts = [p.lower() for chunk in word.split("_") if chunk for p in _camel_parts(chunk)]
+    if len(parts) > 1:
+        out.extend(p for p in parts if len(p) > 1 and p != whole)
+    return tuple(out)
 
 
 def _camel_parts(word: str) -> list[str]:
@@ -67,23 +75,29 @@ def doc_key(session_id: str) -> str:
     return f"{PREFIX}d:{session_id}"
 
 
-# Index updates run as Lua on the server: one command per text instead of one per term, which is what
-# makes rebuilding thousands of sessions take seconds, not minutes. ARGV: session id, weight, key
-# prefix, then term/count pairs. A negative weight removes text (a renamed title).
+# Index updates run as Lua on the server: one command per text (or per session, on a rebuild) instead
+# of one per term. ARGV: session id, key prefix, the length change, then term/tf-change pairs; a
+# negative change removes text (a renamed title), dropping a term whose frequency reaches zero.
 _ADD = """
-local sid, w, p = ARGV[1], tonumber(ARGV[2]), ARGV[3]
-local total = 0
+local sid, p, len = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local added = {}
 for i = 4, #ARGV, 2 do
   local term, c = ARGV[i], tonumber(ARGV[i + 1])
-  local score = tonumber(redis.call('ZINCRBY', p .. 't:' .. term, c * w, sid))
-  if score <= 0 then redis.call('ZREM', p .. 't:' .. term, sid) end
-  if w > 0 then redis.call('SADD', p .. 'd:' .. sid, term) end
-  total = total + c
+  local score = tonumber(redis.call('ZINCRBY', p .. 't:' .. term, c, sid))
+  if score <= 0 then
+    redis.call('ZREM', p .. 't:' .. term, sid)
+  elseif c > 0 then
+    added[#added + 1] = term
+  end
+  if #added == 1000 then
+    redis.call('SADD', p .. 'd:' .. sid, unpack(added))
+    added = {}
+  end
 end
-if w < 0 then total = -total end
-redis.call('HINCRBY', p .. 'len', sid, total)
-redis.call('INCRBY', p .. 'total', total)
-return total
+if #added > 0 then redis.call('SADD', p .. 'd:' .. sid, unpack(added)) end
+redis.call('HINCRBY', p .. 'len', sid, len)
+redis.call('INCRBY', p .. 'total', len)
+return len
 """
 _REMOVE = """
 local sid, p = ARGV[1], ARGV[2]
@@ -98,17 +112,35 @@ return len
 """
 
 
+def add_counts(pipe: redis.client.Pipeline, session_id: str, tf: Counter, length: int) -> None:
+    """Queue adding term frequencies `tf` (weights applied) and `length` terms to a session."""
+    if tf:
+        pairs = [x for term, count in tf.items() for x in (term, count)]
+        pipe.eval(_ADD, 0, session_id, PREFIX, length, *pairs)
+
+
 def add_text(pipe: redis.client.Pipeline, session_id: str, text: str, weight: int = 1) -> None:
     """Queue the index update for one more piece of a session's text."""
     counts = Counter(terms(text))
-    if counts:
-        pairs = [x for term, count in counts.items() for x in (term, count)]
-        pipe.eval(_ADD, 0, session_id, weight, PREFIX, *pairs)
+    add_counts(pipe, session_id, Counter({t: c * weight for t, c in counts.items()}), counts.total())
 
 
 def remove_text(pipe: redis.client.Pipeline, session_id: str, text: str, weight: int = 1) -> None:
     """Undo `add_text` for a text that is no longer part of the session (an old title)."""
-    add_text(pipe, session_id, text, -weight)
+    counts = Counter(terms(text))
+    add_counts(pipe, session_id, Counter({t: -c * weight for t, c in counts.items()}), -counts.total())
+
+
+def session_counts(title: str, texts: list[str]) -> tuple[Counter, int]:
+    """Term frequencies (title weighted) and length of a whole session, for one `add_counts`."""
+    title_terms = Counter(terms(title))
+    tf = Counter({t: c * TITLE_WEIGHT for t, c in title_terms.items()})
+    length = title_terms.total()
+    for text in texts:
+        counts = Counter(terms(text))
+        tf.update(counts)
+        length += counts.total()
+    return tf, length
 
 
 def remove_session(pipe: redis.client.Pipeline | redis.Redis, session_id: str) -> None:

@@ -294,7 +294,7 @@ class SessionService:
                 self._blocks.close() if self._owns_blocks else self._blocks.flush()
             except Exception as exc:
                 log.warning("KV blocks not written (%s)", exc)
-        self.leases.release_all()
+        self.leases.close()
 
     def __enter__(self) -> SessionService:
         return self

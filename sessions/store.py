@@ -206,9 +206,8 @@ class SessionStore:
         if lines:
             pipe.rpush(log_key(session.id), *lines)
         self._touch(pipe, session)
-        search.add_text(pipe, session.id, session.title, search.TITLE_WEIGHT)
-        for message in session.messages:
-            search.add_text(pipe, session.id, message.content)
+        tf, length = search.session_counts(session.title, [m.content for m in session.messages])
+        search.add_counts(pipe, session.id, tf, length)
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -328,11 +327,12 @@ class SessionStore:
                 data = file.path.read_bytes()
             except FileNotFoundError:
                 continue
-            records = list(parse_lines(data.splitlines(), str(file.path)))
+            raw_lines = data.splitlines()
+            records = list(parse_lines(raw_lines, str(file.path)))
             session = replay(iter(records), str(file.path))
             if session is None:
                 log.warning("%s: no readable session header; left out of the index", file.path)
                 continue
-            lines = [json.dumps(r, ensure_ascii=False) for _, r in records]
+            lines = [raw_lines[lineno - 1].decode() for lineno, _ in records]  # valid lines, as written
             self._put_redis(pipe, session, lines, len(data))
         pipe.execute()

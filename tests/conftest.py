@@ -18,6 +18,9 @@ import redis
 
 from workbench import redis_server
 
+# Tiny random-weight models of each architecture (session-scoped, built once per run).
+pytest_plugins = ["tests.fixtures.tiny_models"]
+
 
 class PrivateRedis:
     """A redis-server owned by the tests: unix socket in a temp dir, no persistence by default."""

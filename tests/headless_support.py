@@ -64,14 +64,14 @@ def env() -> dict[str, str]:
     return out
 
 
-def workbench(*args: str, stdin: str | None = None, cwd: Path | None = None) -> Run:
+def workbench(*args: str, stdin: str | None = None, extra_env: dict[str, str] | None = None) -> Run:
     proc = subprocess.run(
         command(*args),
         input=stdin if stdin is not None else "",
         capture_output=True,
         text=True,
-        cwd=cwd or ROOT,
-        env=env(),
+        cwd=ROOT,
+        env={**env(), **(extra_env or {})},
         timeout=RUN_TIMEOUT_S,
     )
     return Run(list(args), proc.returncode, proc.stdout, proc.stderr)

@@ -218,3 +218,13 @@ def test_sandbox_blocks_attribute_escapes(tokenizer_dirs, tmp_path):
     (directory / "chat_template.jinja").write_text("{{ messages.__class__.__mro__ }}")
     with pytest.raises(ChatTemplateError):
         Tokenizer(directory).render_chat([{"role": "user", "content": "hi"}])
+
+
+def test_fixture_tokenizers_are_deterministic_and_fit_the_vocabulary(tokenizer_dirs, tmp_path):
+    for family in FAMILIES:
+        build_tokenizer(tmp_path / family, family, 384)
+        again = (tmp_path / family / "tokenizer.json").read_bytes()
+        assert again == (tokenizer_dirs[family] / "tokenizer.json").read_bytes()
+        assert Tokenizer(tmp_path / family).vocab_size <= 384
+    with pytest.raises(ValueError, match="vocab_size 200"):
+        build_tokenizer(tmp_path / "small", "qwen3", 200)

@@ -59,6 +59,14 @@ def test_greedy_matches_transformers(tiny_model: TinyModels, name: str):
     assert result.ttft_s > 0 and result.prefill_tok_s > 0
 
 
+def test_generate_is_backend_agnostic(qwen3):
+    pytest.importorskip("mlx.core")
+    fixture, _ = qwen3
+    model = engine.load_model(fixture.path, backend="mlx")
+    _, result = run(model, fixture.prompt, GREEDY)
+    assert result.token_ids == until_eos(fixture.greedy, model.tokenizer.eos_token_ids)
+
+
 def test_cache_holds_prompt_and_all_but_the_last_token(qwen3):
     fixture, model = qwen3
     cache = model.make_cache()

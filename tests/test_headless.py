@@ -158,9 +158,9 @@ def test_run_script_paragraphs_then_jsonl(model: str, tmp_path: Path) -> None:
     check_result_object(obj, sid)
 
 
-def test_rag_on_reports_a_retrieval_event(model: str, tmp_path: Path) -> None:
+def test_rag_and_thinking_on(model: str, tmp_path: Path) -> None:
     (tmp_path / "parser.py").write_text("def parse(text):\n    return text.split()\n", encoding="utf-8")
-    run = workbench("-p", "how does parse work?", "--model", model, "--repo", str(tmp_path),
+    run = workbench("-p", "how does parse work?", "--model", model, "--repo", str(tmp_path), "--thinking",
                     "--temperature", "0", "--max-tokens", "4", "--output-format", "stream-json")  # fmt: skip
     assert run.code == 0, run
     events = run.lines()
@@ -169,7 +169,8 @@ def test_rag_on_reports_a_retrieval_event(model: str, tmp_path: Path) -> None:
     # Without an index of the repo, retrieval says why it was skipped; with one, it lists chunks.
     assert retrieval["skipped"] or retrieval["chunks"]
     assert len(result["retrieved"]) == len(retrieval["chunks"])
-    assert show(result["session_id"])["settings"]["rag"] is True
+    settings = show(result["session_id"])["settings"]
+    assert settings["rag"] is True and settings["thinking"] is True
 
 
 def test_ctrl_c_mid_generation_records_the_partial_reply_and_exits_130(model: str, tmp_path: Path) -> None:
@@ -245,3 +246,12 @@ def test_bad_input_one_line_exit_code_and_nothing_stored(
     assert result["type"] == "result" and result["is_error"] is True and result["session_id"] is None
     assert "no-such-model" in result["error"]
     assert store_is_empty(redis_client, workbench_env)
+
+
+def test_redis_unreachable_is_a_runtime_failure(model: str, tmp_path: Path) -> None:
+    broken = {"REDIS_URL": f"unix://{tmp_path}/no-redis.sock"}
+    for args in (["-p", "hi", "--model", model], ["sessions", "list"]):
+        run = workbench(*args, extra_env=broken)
+        assert run.code == 1, run
+        (line,) = run.stderr.splitlines()
+        assert line.startswith("workbench: cannot reach Redis") and "no-redis.sock" in line

@@ -232,3 +232,37 @@ def test_second_process_is_refused_while_the_first_holds_the_session(
         holder.communicate(b"\n", timeout=30)
     _, result = run(svc, session.id, "hello", **GREEDY)  # released on close: now it is ours
     assert not result.is_error and svc.show(session.id).title == "hello"
+
+
+def test_rag_splices_retrieved_code_and_keeps_it_in_the_history(
+    svc: SessionService, model_dir: Path, tmp_path: Path
+) -> None:
+    from indexer import Index
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "parser.py").write_text(
+        "def parse_config(path):\n    return dict(line.split('=') for line in open(path))\n"
+    )
+    (repo / "net.py").write_text("def open_socket(host, port):\n    return (host, port)\n")
+    Index.open(repo).update()
+    options = {**GREEDY, "rag": True, "max_tokens": 6}
+    events, first = run(
+        svc, None, "How does parse_config work?", model=str(model_dir), repo=str(repo), **options
+    )
+    retrieval = events[1]
+    assert isinstance(retrieval, Retrieval) and retrieval.skipped is None and retrieval.tokens > 0
+    assert "parser.py" in [c.path for c in retrieval.chunks]
+    assert [h["path"] for h in first.retrieved] == [c.path for c in retrieval.chunks]
+    context = svc.show(first.session_id).messages[0].context
+    assert any("def parse_config" in c["text"] for c in context)
+    # The next turn re-renders that context from the history: the prefix holding it comes from cache.
+    _, second = run(svc, first.session_id, "Thanks.", max_tokens=6, rag=False)
+    assert second.tokens["cached"] >= retrieval.tokens and not second.is_error
+
+
+def test_unindexed_repo_turn_says_why_retrieval_was_skipped(
+    svc: SessionService, model_dir: Path, tmp_path: Path
+) -> None:
+    events, result = run(svc, None, "hi", model=str(model_dir), repo=str(tmp_path), **{**GREEDY, "rag": True})
+    assert "not indexed" in events[1].skipped and not result.is_error and result.retrieved == []

@@ -86,18 +86,18 @@ def test_list_newest_first_filtered_by_repo_and_latest(redis_client: redis.Redis
 
 def test_rebuild_from_disk_after_flushall(redis_client: redis.Redis) -> None:
     store = SessionStore(redis_client)
+    words = ["alpha", "bravo", "charlie", "delta", "echo"]
     sessions = [make_session(title=f"session {n}") for n in range(5)]
-    for s in sessions:
+    for s, word in zip(sessions, words, strict=True):
         store.create(s)
-        store.append_message(s, Message(role="user", content=f"question about widget{s.id[-3:]}"))
+        store.append_message(s, Message(role="user", content=f"a question about the {word} widget"))
     redis_client.flushall()
     assert store.list() == []
     rebuilt = SessionStore(redis_client)  # a new process start
     assert sorted(i.id for i in rebuilt.list()) == sorted(s.id for s in sessions)
-    target = sessions[2]
-    assert rebuilt.load(target.id).messages[0].content == f"question about widget{target.id[-3:]}"
-    hits = rebuilt.search(f"widget{target.id[-3:]}")  # matches all by "widget", the target best
-    assert hits[0].session.id == target.id and hits[0].score > hits[1].score
+    assert rebuilt.load(sessions[2].id).messages[0].content == "a question about the charlie widget"
+    hits = rebuilt.search("charlie widget")  # every session has "widget"; only one "charlie"
+    assert hits[0].session.id == sessions[2].id and len(hits) == 5 and hits[0].score > hits[1].score
     assert SessionStore(redis_client).sync_from_disk() == []  # nothing stale the second time
 
 

@@ -273,8 +273,8 @@ def run_turns(request: TurnRequest, prompts: list[str]) -> int:
     _log_to_stderr()
     writer = make_writer(request.output_format)
     svc = session_client.open_service()
-    session_id = session_client.pick_session(svc, request)
     try:
+        session_id = session_client.pick_session(svc, request)
         for number, prompt in enumerate(prompts):
             if number and request.output_format == "text":
                 sys.stdout.write("\n")  # replies of a script are separated by a blank line
@@ -288,9 +288,16 @@ def run_turns(request: TurnRequest, prompts: list[str]) -> int:
     return 0
 
 
+class _LogLine(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return f"workbench: {record.levelname.lower()}: {record.getMessage()}"
+
+
 def _log_to_stderr() -> None:
     """Warnings of the service (retrieval skipped, blocks not saved) as `workbench: warning: ...` lines."""
-    logging.basicConfig(level=logging.WARNING, format="workbench: %(levelname)s: %(message)s")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_LogLine())
+    logging.basicConfig(level=logging.WARNING, handlers=[handler])
 
 
 class _CtrlC:
