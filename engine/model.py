@@ -16,7 +16,9 @@ if TYPE_CHECKING:
     from engine.models.base import BaseModelArgs, CausalLM
     from engine.tokenizer import Tokenizer
 
-PREFILL_CHUNK = 512  # tokens per prefill step: bounds attention scores to [H, 512, S] floats
+# Tokens per prefill step. Bigger chunks make more efficient matmuls (1024 rows: ~30% less CPU than 512
+# on OpenBLAS); the backends bound attention memory themselves.
+PREFILL_CHUNK = 1024
 
 
 class Model:

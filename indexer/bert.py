@@ -15,7 +15,6 @@ import numpy as np
 
 from engine.errors import ModelFormatError
 
-
 GELU_BLOCK_ROWS = 128
 
 

@@ -137,7 +137,7 @@ class Index:
                 ignored = set(manifests) - set(result.files)
                 targets = result.files + sorted(ignored)
             else:
-                targets = list(dict.fromkeys(self._relative(p) for p in paths))
+                targets = list(dict.fromkeys(self.relpath(p) for p in paths))
                 targets = [t for t in targets if t]
                 manifests = self.store.manifests(targets)
                 ignored = {t for t in targets if self.rules.is_ignored(t, False)}
@@ -151,7 +151,8 @@ class Index:
             )
             return stats
 
-    def _relative(self, path: str) -> str:
+    def relpath(self, path: str) -> str:
+        """`path` (absolute or repo-relative) as a repo-relative posix path; "" when outside the repo."""
         p = Path(path)
         if p.is_absolute():
             try:

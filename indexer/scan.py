@@ -25,6 +25,7 @@ DEFAULT_IGNORED_DIRS = frozenset(
      ".pytest_cache", ".ruff_cache", "build", "dist", "target", ".idea", ".gradle", ".next", ".cache",
      "site-packages", "bower_components", ".eggs"}
 )  # fmt: skip
+DEFAULT_IGNORED_FILES = frozenset({".gitignore", ".gitattributes", ".gitmodules", ".DS_Store", "Thumbs.db"})
 DEFAULT_IGNORED_SUFFIXES = (
     ".egg-info", ".pyc", ".pyo", ".so", ".dylib", ".dll", ".exe", ".o", ".a", ".class", ".jar", ".zip",
     ".gz", ".tgz", ".bz2", ".xz", ".7z", ".png", ".jpg", ".jpeg", ".gif", ".bmp", ".ico", ".webp", ".pdf",
@@ -81,7 +82,7 @@ class IgnoreRules:
         name = parts[-1]
         if is_dir and (name in DEFAULT_IGNORED_DIRS or name.endswith(".egg-info")):
             return True
-        if not is_dir and name.lower().endswith(DEFAULT_IGNORED_SUFFIXES):
+        if not is_dir and (name in DEFAULT_IGNORED_FILES or name.lower().endswith(DEFAULT_IGNORED_SUFFIXES)):
             return True
         # A file inside an ignored directory is ignored even if no rule names the file itself.
         if not parents_checked and any(self._matched(parts[:i], True) for i in range(1, len(parts))):

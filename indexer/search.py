@@ -71,8 +71,11 @@ def vector_ranking(
     count = depth
     total = ix.redis.vset().vcard(ix.store.vset) if ix.redis.exists(ix.store.vset) else 0
     while True:
-        reply = ix.redis.vset().vsim(ix.store.vset, vec, with_scores=True, count=count, filter=expr,
-                                     filter_ef=max(count * 100, 10_000) if expr else None)  # fmt: skip
+        args: list[Any] = ["VSIM", ix.store.vset, "FP32", vec, "WITHSCORES", "COUNT", count]
+        if expr:
+            args += ["FILTER", expr, "FILTER-EF", max(count * 100, 10_000)]
+        # Raw command: redis-py's VSIM reply parser fails on an empty WITHSCORES reply.
+        reply = ix.redis.execute_command(*args)
         ranked = sorted(_pairs(reply), key=lambda kv: (-kv[1], kv[0]))
         if matcher is not None:
             ranked = [(e, s) for e, s in ranked if matcher(element_path(e))]

@@ -180,6 +180,9 @@ def _run(job: TurnJob) -> Result:
 
     restored = RestoreResult()
     if kv_reuse and blocks is not None:
+        # The previous turn's blocks may still be in the background writer's queue (turns back to back,
+        # as in scripts): wait for them, or this turn would recompute what the last one just computed.
+        blocks.flush()
         h = s.history
         history_len = len(h) if h and prompt_ids[: len(h)] == h else None
         restored = blocks.restore(model, cache, prompt_ids, history_len)

@@ -11,7 +11,6 @@ The BM25 corpus statistics (document count, average length) come from `len` and 
 from __future__ import annotations
 
 import functools
-import math
 import re
 from collections import Counter
 from dataclasses import dataclass
@@ -155,40 +154,63 @@ class Scored:
     matched: list[str]  # the query terms this session contains
 
 
-def search(r: redis.Redis, query: str, limit: int = 20, allowed: set[str] | None = None) -> list[Scored]:
-    """Sessions ranked by BM25 for `query`; `allowed` restricts to a set of ids (e.g. one repo)."""
+# BM25 runs where the postings are: the script reads each query term's posting list, scores every
+# session in it and returns only the best `limit` — thousands of postings never cross the socket.
+# ARGV: prefix, limit, k1, b, filter zset key ('' for none), then the query terms.
+_BM25 = """
+local p, limit, k1, b, only = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
+local n = redis.call('HLEN', p .. 'len')
+if n == 0 then return {} end
+local avg = math.max(tonumber(redis.call('GET', p .. 'total') or '0') / n, 1)
+local scores, matched, norms, allowed = {}, {}, {}, {}
+for i = 6, #ARGV do
+  local post = redis.call('ZRANGE', p .. 't:' .. ARGV[i], 0, -1, 'WITHSCORES')
+  local df = #post / 2
+  local idf = math.log(1 + (n - df + 0.5) / (df + 0.5))
+  for j = 1, #post, 2 do
+    local sid = post[j]
+    if allowed[sid] == nil then
+      allowed[sid] = only == '' or redis.call('ZSCORE', only, sid) ~= false
+    end
+    if allowed[sid] then
+      local norm = norms[sid]
+      if norm == nil then
+        local dl = tonumber(redis.call('HGET', p .. 'len', sid) or '0')
+        norm = k1 * (1 - b + b * dl / avg)
+        norms[sid] = norm
+      end
+      local f = tonumber(post[j + 1])
+      scores[sid] = (scores[sid] or 0) + idf * f * (k1 + 1) / (f + norm)
+      matched[sid] = (matched[sid] or '') .. (i - 6) .. ','
+    end
+  end
+end
+local ranked = {}
+for sid, score in pairs(scores) do ranked[#ranked + 1] = {sid, score} end
+table.sort(ranked, function(x, y) if x[2] ~= y[2] then return x[2] > y[2] end return x[1] < y[1] end)
+local out = {}
+for i = 1, math.min(limit, #ranked) do
+  local sid = ranked[i][1]
+  out[#out + 1] = sid
+  out[#out + 1] = string.format('%.17g', ranked[i][2])
+  out[#out + 1] = matched[sid]
+end
+return out
+"""
+
+
+def search(r: redis.Redis, query: str, limit: int = 20, only_in: str | None = None) -> list[Scored]:
+    """Sessions ranked by BM25 for `query`, best first; `only_in`: a zset key of allowed ids (a repo's)."""
     query_terms = list(dict.fromkeys(terms(query)))
-    if not query_terms:
+    if not query_terms or limit < 1:
         return []
-    pipe = r.pipeline(transaction=False)
-    pipe.hlen(LEN_KEY)
-    pipe.get(TOTAL_KEY)
-    for term in query_terms:
-        pipe.zrange(term_key(term), 0, -1, withscores=True)
-    n_docs, total, *postings = pipe.execute()
-    if not n_docs:
-        return []
-    tf: dict[str, dict[str, float]] = {}
-    for term, posting in zip(query_terms, postings, strict=True):
-        for member, freq in posting:
-            sid = member.decode()
-            if freq > 0 and (allowed is None or sid in allowed):
-                tf.setdefault(sid, {})[term] = freq
-    if not tf:
-        return []
-    ids = list(tf)
-    lengths = dict(zip(ids, (float(x or 0) for x in r.hmget(LEN_KEY, ids)), strict=True))
-    avg_len = max(float(total or 0) / n_docs, 1.0)
-    pairs = zip(query_terms, postings, strict=True)
-    df = {term: sum(1 for _, f in posting if f > 0) for term, posting in pairs}
-    idf = {t: math.log(1 + (n_docs - df[t] + 0.5) / (df[t] + 0.5)) for t in query_terms}
+    reply = r.eval(_BM25, 0, PREFIX, limit, K1, B, only_in or "", *query_terms)
     results = []
-    for sid, freqs in tf.items():
-        norm = K1 * (1 - B + B * lengths[sid] / avg_len)
-        score = sum(idf[t] * f * (K1 + 1) / (f + norm) for t, f in freqs.items())
-        results.append(Scored(sid, score, [t for t in query_terms if t in freqs]))
-    results.sort(key=lambda s: (-s.score, s.session_id))
-    return results[:limit]
+    for i in range(0, len(reply), 3):
+        indices = {int(x) for x in reply[i + 2].decode().split(",") if x}
+        matched = [t for n, t in enumerate(query_terms) if n in indices]
+        results.append(Scored(reply[i].decode(), float(reply[i + 1]), matched))
+    return results
 
 
 def snippet(text: str, matched: list[str], width: int = 160) -> str:

@@ -267,32 +267,24 @@ class SessionStore:
         return [_info_from_hash(raw) for raw in pipe.execute() if raw]
 
     def search(self, query: str, repo: str | None = None, limit: int = 20) -> list[SearchHit]:
-        allowed = {m.decode() for m in self.r.zrange(repo_key(repo), 0, -1)} if repo else None
-        scored = search.search(self.r, query, limit, allowed)
-        infos = {i.id: i for i in self._infos([s.session_id for s in scored])}
+        """Sessions ranked by BM25, each with the best matching message and a snippet of it."""
+        scored = search.search(self.r, query, limit, repo_key(repo) if repo else None)
+        ids_ = [s.session_id for s in scored]
+        infos = {i.id: i for i in self._infos(ids_)}
+        pipe = self.r.pipeline(transaction=False)
+        for session_id in ids_:
+            pipe.lrange(log_key(session_id), 0, -1)
+        logs = dict(zip(ids_, pipe.execute(), strict=True))
         hits = []
         for s in scored:
             info = infos.get(s.session_id)
             if info is None:
                 continue
-            number, snippet = self._best_message(s.session_id, s.matched, info.title)
+            where = f"redis {log_key(s.session_id)}"
+            session = replay(parse_lines(logs[s.session_id], where), where)
+            number, snippet = _best_message(session.messages if session else [], s.matched, info.title)
             hits.append(SearchHit(info, s.score, s.matched, number, snippet))
         return hits
-
-    def _best_message(self, session_id: str, matched: list[str], title: str) -> tuple[int | None, str]:
-        try:
-            session = self.load(session_id)
-        except NotFound:
-            return None, title
-        best, best_count = None, 0
-        for number, message in enumerate(session.messages, start=1):
-            words = set(search.terms(message.content))
-            count = sum(1 for t in matched if t in words)
-            if count > best_count:
-                best, best_count = number, count
-        if best is None:
-            return None, title
-        return best, search.snippet(session.messages[best - 1].content, matched)
 
     # -- rebuild -------------------------------------------------------------------------------
 
@@ -336,3 +328,16 @@ class SessionStore:
             lines = [raw_lines[lineno - 1].decode() for lineno, _ in records]  # valid lines, as written
             self._put_redis(pipe, session, lines, len(data))
         pipe.execute()
+
+
+def _best_message(messages: list[Message], matched: list[str], title: str) -> tuple[int | None, str]:
+    """(1-based number, snippet) of the message holding most of the matched terms; the title if none."""
+    best, best_count = None, 0
+    for number, message in enumerate(messages, start=1):
+        text = message.content.lower()  # substring test: close enough to pick a snippet, and fast
+        count = sum(1 for t in matched if t in text)
+        if count > best_count:
+            best, best_count = number, count
+    if best is None:
+        return None, title
+    return best, search.snippet(messages[best - 1].content, matched)

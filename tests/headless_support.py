@@ -11,7 +11,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,14 +23,14 @@ RUN_TIMEOUT_S = 60
 
 
 @functools.cache
-def chat_model_dir() -> Path:
-    """engine-core's tiny Qwen3 fixture (random weights, real tokenizer and chat template), longer context."""
+def chat_model_dir(root: Path) -> Path:
+    """engine-core's tiny Qwen3 fixture (random weights, real tokenizer and chat template), longer context;
+    built once per test run under `root` (pytest's base temp dir)."""
     from tests.fixtures.tiny_models import _SMALL, Spec, build_spec
 
     spec = Spec(
         "qwen3", "qwen3", "v5", tied=False, sizes={**_SMALL, "max_position_embeddings": MAX_POSITIONS}
     )
-    root = Path(tempfile.mkdtemp(prefix="wb-headless-models-"))
     return build_spec("qwen3_headless", spec, root, seed=4242).path
 
 

@@ -5,14 +5,21 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+import redis
+
 from tests.headless_support import chat_model_dir, workbench
 
 GREEDY = ["--temperature", "0", "--max-tokens", "6", "--no-rag"]
 
 
-def make_sessions(tmp_path: Path) -> tuple[str, str, Path, Path]:
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return str(chat_model_dir(tmp_path_factory.getbasetemp()))
+
+
+def make_sessions(model: str, tmp_path: Path) -> tuple[str, str, Path, Path]:
     """Two sessions in two repositories: a two-turn one about parsing, a one-turn one about caching."""
-    model = str(chat_model_dir())
     repo_a, repo_b = tmp_path / "alpha", tmp_path / "beta"
     repo_a.mkdir()
     repo_b.mkdir()
@@ -27,8 +34,8 @@ def make_sessions(tmp_path: Path) -> tuple[str, str, Path, Path]:
     return first.lines()[0]["session_id"], second.json()["session_id"], repo_a, repo_b
 
 
-def test_list_search_show_export(tmp_path: Path) -> None:
-    parsing, caching, repo_a, _ = make_sessions(tmp_path)
+def test_list_search_show_export(model: str, tmp_path: Path, redis_client: redis.Redis) -> None:
+    parsing, caching, repo_a, _ = make_sessions(model, tmp_path)  # redis_client: an empty store
 
     listed = workbench("sessions", "list", "--json")
     assert listed.code == 0, listed
@@ -66,8 +73,8 @@ def test_list_search_show_export(tmp_path: Path) -> None:
     assert as_json.code == 0 and json.loads(as_json.stdout)["messages"] == session["messages"]
 
 
-def test_rename_fork_rm_and_bad_ids(tmp_path: Path) -> None:
-    parsing, caching, _, _ = make_sessions(tmp_path)
+def test_rename_fork_rm_and_bad_ids(model: str, tmp_path: Path, redis_client: redis.Redis) -> None:
+    parsing, caching, _, _ = make_sessions(model, tmp_path)
 
     renamed = workbench("sessions", "rename", parsing, "Tabs", "in", "configs", "--json")
     assert renamed.code == 0 and renamed.json()["title"] == "Tabs in configs", renamed

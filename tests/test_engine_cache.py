@@ -16,7 +16,10 @@ TinyModels = Callable[[str], TinyModel]
 
 
 def kv(rng: np.random.Generator, t: int) -> tuple[np.ndarray, np.ndarray]:
-    return (rng.standard_normal((2, t, 4)).astype(np.float32), rng.standard_normal((2, t, 4)).astype(np.float32))
+    return (
+        rng.standard_normal((2, t, 4)).astype(np.float32),
+        rng.standard_normal((2, t, 4)).astype(np.float32),
+    )
 
 
 @pytest.mark.parametrize("backend", ["numpy", "mlx"])

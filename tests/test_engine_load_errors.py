@@ -11,7 +11,12 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 import engine
-from engine.errors import ContextLengthError, ModelFormatError, ModelNotFoundError, UnsupportedArchitectureError
+from engine.errors import (
+    ContextLengthError,
+    ModelFormatError,
+    ModelNotFoundError,
+    UnsupportedArchitectureError,
+)
 from tests.fixtures.tiny_models import TinyModel
 
 TinyModels = Callable[[str], TinyModel]
@@ -66,7 +71,9 @@ def test_missing_tensor_is_named(model_copy: Path) -> None:
     tensors = load_file(str(path))
     del tensors["model.layers.2.self_attn.k_norm.weight"]
     save_file(tensors, str(path))
-    with pytest.raises(ModelFormatError, match=r"tensor 'model\.layers\.2\.self_attn\.k_norm\.weight' is missing"):
+    with pytest.raises(
+        ModelFormatError, match=r"tensor 'model\.layers\.2\.self_attn\.k_norm\.weight' is missing"
+    ):
         engine.load_model(model_copy, backend="numpy")
 
 

@@ -94,7 +94,12 @@ def test_mlx_greedy_matches_transformers(tiny_model: TinyModels, name: str) -> N
 def test_model_attributes_follow_the_contract(tiny_model: TinyModels) -> None:
     tiny = tiny_model("qwen3")
     model = engine.load_model(str(tiny.path), backend="numpy")
-    assert (model.name, model.path, model.arch, model.backend) == (str(tiny.path), tiny.path, "qwen3", "numpy")
+    assert (model.name, model.path, model.arch, model.backend) == (
+        str(tiny.path),
+        tiny.path,
+        "qwen3",
+        "numpy",
+    )
     assert model.kv_dtype == "float32"
     c = model.config
     assert (c.num_hidden_layers, c.num_key_value_heads, c.head_dim, c.vocab_size) == (3, 2, 8, 384)

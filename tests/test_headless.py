@@ -25,8 +25,8 @@ GREEDY = ["--temperature", "0", "--max-tokens", "8", "--no-rag"]
 
 
 @pytest.fixture(scope="module")
-def model() -> str:
-    return str(chat_model_dir())
+def model(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return str(chat_model_dir(tmp_path_factory.getbasetemp()))
 
 
 def check_result_object(data: dict, session_id: str | None = None) -> None:
@@ -255,3 +255,13 @@ def test_redis_unreachable_is_a_runtime_failure(model: str, tmp_path: Path) -> N
         assert run.code == 1, run
         (line,) = run.stderr.splitlines()
         assert line.startswith("workbench: cannot reach Redis") and "no-redis.sock" in line
+
+
+def test_seed_makes_sampling_repeatable_across_processes(model: str, tmp_path: Path) -> None:
+    sample = ["--model", model, "--repo", str(tmp_path), "--no-rag", "--temperature", "1.0",
+              "--top-p", "0.95", "--max-tokens", "12", "--output-format", "json"]  # fmt: skip
+    runs = [workbench("-p", "Pick some words.", *sample, "--seed", seed) for seed in ("11", "11", "12")]
+    assert all(r.code == 0 for r in runs), runs
+    first, again, other = (r.json() for r in runs)
+    assert first["text"] == again["text"] and first["session_id"] != again["session_id"]
+    assert other["text"] != first["text"]

@@ -354,3 +354,22 @@ def test_unreachable_redis_tier_is_skipped_not_fatal(model, workbench_env) -> No
     assert_exact(model, ids, last, tokens, logits)
     with pytest.raises(ConnectionError, match="skipped after a recent connection failure"):
         dead.get("00" * 32)  # benched: no new connection attempt per call
+
+
+@pytest.mark.parametrize("cached", ["whole_prompt", "prefix"])
+def test_engine_generate_continues_a_restored_cache_exactly(model, cached) -> None:
+    import engine
+
+    prompt = history(3 * BS + 5, seed=21)
+    params = engine.SamplingParams(temperature=0.0, max_tokens=10)
+    scratch = next(
+        e for e in engine.generate(model, prompt, params) if isinstance(e, engine.GenerationResult)
+    )
+    store = store_with([MemoryTier()])
+    save_history(model, store, prompt if cached == "whole_prompt" else prompt[: 2 * BS + 3])
+    cache = model.make_cache()
+    res = store.restore(model, cache, prompt)
+    events = engine.generate(model, prompt, params, cache=cache, last_logits=res.last_logits)
+    resumed = next(e for e in events if isinstance(e, engine.GenerationResult))
+    assert resumed.token_ids == scratch.token_ids
+    assert resumed.prefilled_tokens == (0 if cached == "whole_prompt" else len(prompt) - 2 * BS)

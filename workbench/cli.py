@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "workbench.cmd_models",
     "workbench.cmd_sessions",
     "workbench.cmd_run",
+    "workbench.cmd_index",
 ]
 
 

@@ -97,7 +97,8 @@ def _when(ts: float) -> str:
 
 
 def _print_json(data: Any) -> None:
-    print(json.dumps(data, ensure_ascii=False, indent=2))
+    """Indented for a person at a terminal; one compact line for a program (the C encoder: ~10x faster)."""
+    print(json.dumps(data, ensure_ascii=False, indent=2 if sys.stdout.isatty() else None))
 
 
 def _info_line(info: Any) -> str:

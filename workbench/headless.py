@@ -112,14 +112,25 @@ def add_turn_options(parser: argparse.ArgumentParser, suppress: bool = False) ->
         default=default(None),
         help="Hugging Face id in the local cache, or a model directory",
     )
-    model.add_argument("--backend", choices=("numpy", "mlx"), default=default(None))
+    model.add_argument(
+        "--backend",
+        choices=("numpy", "mlx"),
+        default=default(None),
+        help="default: mlx on Apple Silicon or with a GPU, else numpy",
+    )
     model.add_argument("--system", metavar="TEXT", default=default(None), help="the system prompt")
-    model.add_argument("--max-tokens", type=_positive_int, metavar="N", default=default(None))
+    model.add_argument(
+        "--max-tokens", type=_positive_int, metavar="N", default=default(None), help="most tokens to generate"
+    )
     model.add_argument(
         "--temperature", type=_temperature, metavar="T", default=default(None), help="0 is greedy"
     )
-    model.add_argument("--top-p", type=_top_p, metavar="P", default=default(None))
-    model.add_argument("--seed", type=_seed, metavar="N", default=default(None))
+    model.add_argument(
+        "--top-p", type=_top_p, metavar="P", default=default(None), help="nucleus sampling, (0, 1]"
+    )
+    model.add_argument(
+        "--seed", type=_seed, metavar="N", default=default(None), help="sampling seed (repeatable)"
+    )
     model.add_argument(
         "--rag",
         action=argparse.BooleanOptionalAction,
@@ -136,7 +147,7 @@ def add_turn_options(parser: argparse.ArgumentParser, suppress: bool = False) ->
         "--no-cache",
         action="store_true",
         default=default(False),
-        help="recompute everything, no KV blocks read or written (the A/B reference)",
+        help="recompute the whole prompt, no KV blocks read (the reference for A/B checks)",
     )
 
 

@@ -6,6 +6,9 @@ reads them in the order BLAS wants, with no per-call transpose. Raw [out, in] ar
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -81,13 +84,19 @@ def silu(x: np.ndarray) -> np.ndarray:
 
 
 def silu_mul(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
-    """silu(gate) * up with one temporary: the SwiGLU MLP's activation."""
-    y = np.negative(gate)
-    np.exp(y, out=y)
-    y += 1.0
-    np.divide(gate, y, out=y)
-    y *= up
-    return y
+    """silu(gate) * up, the SwiGLU activation: one output array, row blocks on several threads."""
+    out = np.empty(gate.shape, dtype=np.float32)
+
+    def work(rows: slice) -> None:
+        y = out[rows]
+        np.negative(gate[rows], out=y)
+        np.exp(y, out=y)
+        y += 1.0
+        np.divide(gate[rows], y, out=y)
+        y *= up[rows]
+
+    _parallel(work, _row_blocks(gate))
+    return out
 
 
 def _erf(x: np.ndarray) -> np.ndarray:
@@ -118,39 +127,97 @@ def rope(x: np.ndarray, offset: int, inv_freq: np.ndarray) -> np.ndarray:
     angles = np.arange(offset, offset + t, dtype=np.float32)[:, None] * inv_freq[None, :]  # [T, D/2]
     cos = np.cos(angles)
     sin = np.sin(angles)
-    x1 = x[..., :half]
-    x2 = x[..., half:]
     out = np.empty(x.shape, dtype=np.float32)
-    np.multiply(x1, cos, out=out[..., :half])
-    out[..., :half] -= x2 * sin
-    np.multiply(x2, cos, out=out[..., half:])
-    out[..., half:] += x1 * sin
+
+    def work(heads: slice) -> None:
+        x1, x2 = x[heads, :, :half], x[heads, :, half:]
+        np.multiply(x1, cos, out=out[heads, :, :half])
+        out[heads, :, :half] -= x2 * sin
+        np.multiply(x2, cos, out=out[heads, :, half:])
+        out[heads, :, half:] += x1 * sin
+
+    _parallel(work, _row_blocks(x))
     return out
+
+
+SCORES_BUDGET_BYTES = 128 << 20  # attention scores held at once; bigger prefills go in row blocks
+ATTENTION_ROWS = 512  # query rows per block: big enough for efficient matmuls, small enough to skip
+# most of the causally masked keys
 
 
 def sdpa(q: np.ndarray, k: np.ndarray, v: np.ndarray, scale: float, causal_offset: int) -> np.ndarray:
     """Causal attention. q [H, T, D]; k, v [Hkv, S, D]; query t sees keys 0..causal_offset+t.
 
     Grouped-query heads are folded into the row dimension (q head h uses kv head h // G, as HF's
-    repeat_kv does), so k and v are never repeated in memory.
+    repeat_kv does), so k and v are never repeated in memory. Long queries run in row blocks, each
+    reading only the keys its rows can see: scores stay within SCORES_BUDGET_BYTES and the fully
+    masked upper-right blocks are never computed.
     """
     h, t, d = q.shape
     hkv, s, _ = k.shape
     g = h // hkv
-    qg = q.reshape(hkv, g * t, d)
-    scores = np.matmul(qg, k.transpose(0, 2, 1))  # [Hkv, G*T, S]
-    scores *= np.float32(scale)
-    if t > 1 or causal_offset + t < s:
-        # Additive mask broadcast over heads: far cheaper than boolean-index assignment.
-        future = np.arange(s)[None, :] > (causal_offset + np.arange(t))[:, None]  # [T, S]
-        mask = np.where(future, np.float32(-np.inf), np.float32(0.0))
-        scores4 = scores.reshape(hkv, g, t, s)
-        np.add(scores4, mask, out=scores4)
-    scores -= np.max(scores, axis=-1, keepdims=True)
-    np.exp(scores, out=scores)
-    scores /= np.sum(scores, axis=-1, keepdims=True)
-    out = np.matmul(scores, v)  # [Hkv, G*T, D]
+    qg = np.multiply(q, np.float32(scale)).reshape(hkv, g, t, d)  # scale on q: smaller than on scores
+    rows = max(16, min(ATTENTION_ROWS, SCORES_BUDGET_BYTES // (4 * h * s)))
+    if rows >= t:
+        return _attend(qg, k, v, causal_offset, s).reshape(h, t, d)
+    out = np.empty((hkv, g, t, d), dtype=np.float32)
+    for r0 in range(0, t, rows):
+        r1 = min(t, r0 + rows)
+        visible = min(s, causal_offset + r1)
+        out[:, :, r0:r1] = _attend(qg[:, :, r0:r1], k, v, causal_offset + r0, visible)
     return out.reshape(h, t, d)
+
+
+def _attend(qg: np.ndarray, k: np.ndarray, v: np.ndarray, causal_offset: int, visible: int) -> np.ndarray:
+    """qg [Hkv, G, T, D] (already scaled) against the first `visible` keys -> [Hkv, G, T, D]."""
+    hkv, g, t, d = qg.shape
+    scores = np.matmul(qg.reshape(hkv, g * t, d), k[:, :visible].transpose(0, 2, 1))  # [Hkv, G*T, S]
+    first_maskable = causal_offset + 1
+    if first_maskable < visible:  # only these columns hold keys in some row's future
+        future = np.arange(first_maskable, visible)[None, :] > (causal_offset + np.arange(t))[:, None]
+        block = scores.reshape(hkv, g, t, visible)[..., first_maskable:]
+        block += np.where(future, np.float32(-np.inf), np.float32(0.0))
+    sums = _exp_rows_in_place(scores)
+    out = np.matmul(scores, v[:, :visible])  # [Hkv, G*T, D]; normalised here, not over [.., S]
+    out /= sums
+    return out.reshape(hkv, g, t, d)
+
+
+_pool: ThreadPoolExecutor | None = None
+PARALLEL_MIN_ELEMENTS = 1 << 19  # below this, a thread hand-off costs more than it saves
+
+
+def _row_blocks(x: np.ndarray) -> list[slice]:
+    """Blocks of x's first axis, one per core, for elementwise work big enough to be worth splitting.
+
+    numpy runs ufuncs on one core but releases the GIL inside their loops, so threads give the
+    elementwise parts of prefill (softmax, SwiGLU, rope) the cores BLAS uses for the matmuls."""
+    workers = min(4, os.cpu_count() or 1)
+    n = x.shape[0]
+    if x.size < PARALLEL_MIN_ELEMENTS or workers < 2 or n < 2:
+        return [slice(0, n)]
+    step = -(-n // workers)
+    return [slice(i, min(n, i + step)) for i in range(0, n, step)]
+
+
+def _parallel(fn: Callable[[slice], Any], blocks: list[slice]) -> list[Any]:
+    global _pool
+    if len(blocks) == 1:
+        return [fn(blocks[0])]
+    if _pool is None:
+        _pool = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1), thread_name_prefix="numpy-ops")
+    return list(_pool.map(fn, blocks))
+
+
+def _exp_rows_in_place(x: np.ndarray) -> np.ndarray:
+    """x <- exp(x - rowmax(x)) over the last axis; returns the row sums [..., 1]."""
+    return np.concatenate(_parallel(lambda rows: _exp_rows(x[rows]), _row_blocks(x)))
+
+
+def _exp_rows(x: np.ndarray) -> np.ndarray:
+    x -= np.max(x, axis=-1, keepdims=True)
+    np.exp(x, out=x)
+    return np.sum(x, axis=-1, keepdims=True)
 
 
 def empty(shape: tuple[int, ...], dtype: str | None = None) -> np.ndarray:

@@ -1,0 +1,71 @@
+"""`workbench index` and `workbench search` (text, --json, and `-` for one JSON line per stdin query)."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+import redis
+
+from tests.indexer_support import write_repo
+from workbench.cli import main
+
+
+@pytest.fixture
+def repo(tmp_path: Path, redis_client: redis.Redis) -> Path:
+    return write_repo(tmp_path / "repo")
+
+
+def test_index_then_status_as_json(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["index", "--repo", str(repo), "--json"]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert stats["files_changed"] == 6 and stats["chunks_embedded"] == stats["chunks_added"] > 0
+    assert main(["index", "--repo", str(repo), "--status", "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert (
+        status["files"] == "6"
+        and status["pending"] == "0"
+        and status["model"].startswith("all-MiniLM-L6-v2@")
+    )
+
+
+def test_search_json_has_path_lines_symbol_and_score(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["search", "computeChecksum", "--repo", str(repo), "--k", "2", "--json"]) == 0
+    answer = json.loads(capsys.readouterr().out)
+    assert answer["query"] == "computeChecksum" and len(answer["hits"]) == 2
+    top = answer["hits"][0]
+    assert (top["path"], top["start_line"], top["end_line"], top["symbol"]) == (
+        "cmd/main.go",
+        5,
+        11,
+        "computeChecksum",
+    )
+    assert top["score"] > answer["hits"][1]["score"] and top["language"] == "go"
+
+
+def test_search_filters_and_text_output(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["search", "a function", "--repo", str(repo), "--lang", "rust"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("src/lib.rs:") and "Matrix" in out
+    assert main(["search", "a function", "--repo", str(repo), "--path", "app/**", "--json"]) == 0
+    paths = {h["path"] for h in json.loads(capsys.readouterr().out)["hits"]}
+    assert paths and paths <= {"app/server.py", "app/util.py"}
+
+
+def test_search_stdin_answers_each_query_with_one_json_line(
+    repo: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("sys.stdin", io.StringIO("fibonacci numbers\n\nslugify a title\nShoppingCart\n"))
+    assert main(["search", "-", "--repo", str(repo), "--k", "3"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [a["query"] for a in lines] == ["fibonacci numbers", "slugify a title", "ShoppingCart"]
+    assert [a["hits"][0]["symbol"] for a in lines] == ["fibonacci", "slugify", "ShoppingCart"]
+    assert all(len(a["hits"]) == 3 for a in lines)
+
+
+def test_bad_arguments_are_usage_errors(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["search", "x", "--repo", str(repo), "--k", "0"]) == 2
+    assert "--k must be positive" in capsys.readouterr().err
+    assert main(["search", "x", "--repo", str(repo / "missing")]) == 3
