@@ -135,13 +135,14 @@ def measure(env: dict[str, str], model: str, root: Path, n: int) -> str:
         return (f"| {name} | {best[0] * 1000:.0f} | {ttft * 1000:.1f} | {(best[0] - ttft) * 1000:.0f} | "
                 f"{best[1] * 1000:.0f} | {best[2]['tokens']['cached']} |")  # fmt: skip
 
+    load = os.getloadavg()[0]  # the machine is shared: say how busy it was
     limits = machine.measure_limits()
     lines = [
         HEADING,
         "",
         f"`python -m bench.headless_bench` ({'quick' if n < 7 else 'full'}; best of {n}; tiny random-weight "
         "Qwen3 from tests/fixtures, numpy backend, private redis-server). What a `workbench` process costs "
-        "beyond the work it asks for.",
+        f"beyond the work it asks for. Load average during the run: {load:.1f} on {os.cpu_count()} CPUs.",
         "",
         "| process | wall ms | vs bare `python -c pass` |",
         "| --- | --- | --- |",

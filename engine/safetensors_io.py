@@ -176,9 +176,10 @@ class Checkpoint:
             raise ModelFormatError(f"{self.directory}: tensor {name!r} is missing (looked in {where})")
         return self._where[name].raw(name)
 
-    def float32(self, name: str) -> np.ndarray:
-        """The tensor as float32: a view for F32 data, a new array for F16/BF16."""
-        return to_float32(self.raw(name), self.info(name).dtype)
+    def float32(self, name: str, out: np.ndarray | None = None) -> np.ndarray:
+        """The tensor as float32: written into `out` if given, else a view for F32 data and a new array
+        for F16/BF16."""
+        return to_float32(self.raw(name), self.info(name).dtype, out)
 
     def release(self, name: str) -> None:
         self._where[name].release(name)
@@ -188,11 +189,14 @@ class Checkpoint:
             file.close()
 
 
-def to_float32(raw: np.ndarray, dtype: str) -> np.ndarray:
-    if dtype == "BF16":
-        widened = raw.astype(np.uint32)
-        widened <<= 16
-        return widened.view(np.float32)
-    if dtype == "F32":
-        return raw
-    return raw.astype(np.float32)
+def to_float32(raw: np.ndarray, dtype: str, out: np.ndarray | None = None) -> np.ndarray:
+    """raw storage -> float32, in one pass; into `out` (same shape) when given."""
+    if out is None:
+        if dtype == "F32":
+            return raw
+        out = np.empty(raw.shape, dtype=np.float32)
+    if dtype == "BF16":  # bfloat16 is the top half of a float32
+        np.left_shift(raw, 16, out=out.view(np.uint32), dtype=np.uint32)
+    else:
+        np.copyto(out, raw, casting="unsafe" if dtype == "F64" else "same_kind")
+    return out

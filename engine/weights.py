@@ -55,8 +55,9 @@ class WeightReader:
     def has(self, name: str) -> bool:
         return name in self.checkpoint
 
-    def _float(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
-        """A float32 tensor of exactly `shape` (still possibly a view of the mapped file)."""
+    def _float(self, name: str, shape: tuple[int, ...], out: np.ndarray | None = None) -> np.ndarray:
+        """A float32 tensor of exactly `shape`: written into `out` if given, else possibly a view of the
+        mapped file."""
         if name not in self.checkpoint:
             raise ModelFormatError(f"{self.checkpoint.directory}: tensor {name!r} is missing")
         info = self.checkpoint.info(name)
@@ -66,7 +67,7 @@ class WeightReader:
                 f"{list(info.shape)}, the config needs {list(shape)}"
             )
         self.used.add(name)
-        return self.checkpoint.float32(name)
+        return self.checkpoint.float32(name, out)
 
     def _quant_params(self, prefix: str) -> tuple[int, int] | None:
         if f"{prefix}.scales" not in self.checkpoint:
@@ -138,7 +139,7 @@ class WeightReader:
             row = 0
             for p, o, q in zip(prefixes, out_sizes, quant, strict=True):
                 if q is None:
-                    full[row : row + o] = self._float(f"{p}.weight", (o, in_size))
+                    self._float(f"{p}.weight", (o, in_size), out=full[row : row + o])
                 else:
                     dequantize(*self._quantized_parts(p, o, in_size, *q), *q, out=full[row : row + o])
                 row += o
@@ -152,7 +153,8 @@ class WeightReader:
         """The token embedding table; quantized on backends that can look up quantized rows."""
         quant = self._quant_params(prefix)
         if quant is None:
-            table = self.ops.asarray(np.array(self._float(f"{prefix}.weight", (vocab, hidden))))
+            table = self._float(f"{prefix}.weight", (vocab, hidden), out=np.empty((vocab, hidden), np.float32))
+            table = self.ops.asarray(table)
         elif hasattr(self.ops, "quantized_weight"):
             table = self.ops.quantized_weight(*self._quantized_parts(prefix, vocab, hidden, *quant), *quant)
         else:

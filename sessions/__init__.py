@@ -4,8 +4,8 @@ from sessions.events import CacheStats, Delta, Result, Retrieval, RetrievedChunk
 from sessions.ids import AmbiguousId
 from sessions.lease import SessionBusy
 from sessions.model import Message, Sampling, Session, SessionInfo, Settings
-from sessions.options import TurnOptions
-from sessions.service import SessionService, repo_root
+from sessions.options import TurnOptions, repo_root
+from sessions.service import SessionService
 from sessions.store import SearchHit
 from sessions.turn import Turn
 

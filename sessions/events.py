@@ -73,7 +73,7 @@ class CacheStats(Event):
     prefill_tokens: int = 0  # prompt tokens left to compute
     bytes_read: int = 0
     restore_s: float = 0.0
-    enabled: bool = True  # False with --no-cache
+    enabled: bool = True  # False with --no-cache or when the block store cannot be opened
 
 
 @dataclass

@@ -138,6 +138,8 @@ def replay(
                 raise ValueError(f"unknown record type {kind!r}")
         except (KeyError, TypeError, ValueError) as exc:
             log.warning("%s line %d: skipped a bad record (%s)", where, lineno, exc)
+    if session is not None and pending is not None:
+        session.open_reply = len(session.messages)  # its writer died: replayed, not yet sealed
     flush_pending()
     if session is not None:
         if stop_after is not None:

@@ -124,6 +124,7 @@ class Session(SessionInfo):
     history: list[int] = field(default_factory=list)  # token ids held by the KV cache after the last turn
     history_fingerprint: str = ""  # the model fingerprint `history` belongs to
     history_dtype: str = ""  # the KV dtype its blocks were stored in
+    open_reply: int | None = None  # index of a last reply known only from partial records (a crash)
 
     def to_dict(self) -> dict[str, Any]:
         data = self.info_dict()

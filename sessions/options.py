@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 
 from sessions.model import Settings
 from workbench.errors import UsageError
@@ -46,3 +47,18 @@ class TurnOptions:
         if self.thinking is not None:
             out.thinking = self.thinking
         return out
+
+
+def repo_root(path: str | Path | None = None) -> str:
+    """The repository a path belongs to: the nearest directory with .git, else the path itself."""
+    start = Path(path or ".").expanduser().resolve()
+    for directory in (start, *start.parents):
+        if (directory / ".git").exists():
+            return str(directory)
+    return str(start)
+
+
+def model_name(name: str) -> str:
+    """A model directory given by a relative path is stored absolute, so any directory can resume."""
+    path = Path(name).expanduser()
+    return str(path.resolve()) if path.is_dir() else name

@@ -16,7 +16,7 @@ from typing import Any
 
 from sessions.events import CacheStats, Delta, Result, Retrieval, RetrievedChunk, SessionStarted
 from sessions.model import Message, Session, title_from_prompt
-from sessions.options import TurnOptions
+from sessions.options import TurnOptions, model_name
 from sessions.prompt import build_prompt
 from sessions.retrieval import Retrieved, Retriever
 from sessions.store import SessionStore
@@ -74,12 +74,14 @@ def _error(job: TurnJob, message: str, exit_code: int) -> Result:
     )
 
 
-def _load(job: TurnJob) -> Any:
+def _load(job: TurnJob) -> tuple[Any, str]:
+    """The model and the name the session records for it (a directory's absolute path)."""
     from engine.errors import EngineError, ModelNotFoundError
 
-    s, name = job.session, job.options.model or job.session.model
+    s = job.session
+    name = model_name(job.options.model) if job.options.model else s.model
     try:
-        return job.load_model(name, job.options.backend)
+        return job.load_model(name, job.options.backend), name
     except (EngineError, OSError) as exc:
         code = 3 if isinstance(exc, ModelNotFoundError | FileNotFoundError) else 1
         if job.is_new or job.options.model:
@@ -96,9 +98,9 @@ def _run(job: TurnJob) -> Result:
     import engine
 
     s, turn, opts = job.session, job.turn, job.options
-    model = _load(job)
+    model, name = _load(job)
     if turn.cancelled:
-        return Result(s.id, model=model.name, backend=model.backend, finish_reason="cancelled", exit_code=130)
+        return Result(s.id, model=name, backend=model.backend, finish_reason="cancelled", exit_code=130)
     settings = opts.apply(s.settings)
     tok = model.tokenizer
     user = Message(role="user", content=job.prompt)
@@ -117,7 +119,7 @@ def _run(job: TurnJob) -> Result:
     if room < 1:
         raise TurnFailed(
             f"the prompt of session {s.id} is {len(prompt_ids)} tokens, more than the context of "
-            f"{model.context_length} tokens of {model.name}; fork the session at an earlier message",
+            f"{model.context_length} tokens of {name}; fork the session at an earlier message",
             1,
         )
     max_tokens = min(settings.sampling.max_tokens, room)
@@ -125,7 +127,7 @@ def _run(job: TurnJob) -> Result:
     # -- from here on, the turn is recorded ------------------------------------------------------
     same_blocks = s.history_fingerprint in ("", model.fingerprint)
     if job.is_new:
-        s.model, s.fingerprint, s.backend, s.settings = model.name, model.fingerprint, model.backend, settings
+        s.model, s.fingerprint, s.backend, s.settings = name, model.fingerprint, model.backend, settings
         job.lease(s.id)
         job.store.create(s)
     else:
@@ -133,7 +135,7 @@ def _run(job: TurnJob) -> Result:
         if settings != s.settings:
             changes["settings"] = settings
         for key, value in (
-            ("model", model.name),
+            ("model", name),
             ("fingerprint", model.fingerprint),
             ("backend", model.backend),
         ):
@@ -149,7 +151,7 @@ def _run(job: TurnJob) -> Result:
     turn.emit(
         SessionStarted(
             s.id,
-            model=model.name,
+            model=name,
             backend=model.backend,
             title=s.title,
             repo=s.repo,
@@ -171,6 +173,7 @@ def _run(job: TurnJob) -> Result:
             skipped=retrieved.skipped,
         )
     )
+    job.store.seal_open_reply(s)
     job.store.append_message(s, user)
     reply_index = len(s.messages)
 
@@ -179,7 +182,9 @@ def _run(job: TurnJob) -> Result:
     from engine.blocks import RestoreResult
 
     restored = RestoreResult()
-    if kv_reuse and blocks is not None:
+    if blocks is not None:
+        # Even after a model switch: blocks are addressed by model identity, so whatever is found (a
+        # system prompt another session shares) is exact for this model.
         # The previous turn's blocks may still be in the background writer's queue (turns back to back,
         # as in scripts): wait for them, or this turn would recompute what the last one just computed.
         blocks.flush()
@@ -195,7 +200,7 @@ def _run(job: TurnJob) -> Result:
             prefill_tokens=len(prompt_ids) - restored.cached_tokens,
             bytes_read=restored.bytes_read,
             restore_s=restored.restore_s,
-            enabled=kv_reuse,
+            enabled=blocks is not None,
         )
     )
 
@@ -243,7 +248,9 @@ def _run(job: TurnJob) -> Result:
 
     finish = gen_result.finish_reason if gen_result is not None else "error"
     generated = gen_result.token_ids if gen_result is not None else []
-    history = (prompt_ids + generated)[: cache.offset]
+    # After an engine failure the cache may be half-updated: keep the session's previous history and
+    # save no block from it.
+    history = (prompt_ids + generated)[: cache.offset] if error is None else None
     tokens = {
         "prompt": len(prompt_ids),
         "cached": restored.cached_tokens,
@@ -256,13 +263,13 @@ def _run(job: TurnJob) -> Result:
         content=gen_result.text if gen_result else streamed["answer"],
         reasoning=gen_result.reasoning if gen_result else streamed["reasoning"],
         status="complete" if finish not in ("cancelled", "error") else "interrupted",
-        model=model.name,
+        model=name,
         finish_reason=finish,
         timings=timings,
         cache={**tokens, "by_tier": dict(restored.by_tier), "bytes_read": restored.bytes_read},
         error=error,
     )
-    if blocks is not None and history:
+    if blocks is not None and history:  # (None after a failure, empty if nothing was computed)
         try:
             blocks.save(model, cache, history)
             blocks.pin(s.id, model, history)
@@ -273,7 +280,7 @@ def _run(job: TurnJob) -> Result:
         s.id,
         text=reply.content,
         reasoning=reply.reasoning,
-        model=model.name,
+        model=name,
         backend=model.backend,
         finish_reason=finish,
         tokens=tokens,

@@ -75,17 +75,18 @@ def doc_key(session_id: str) -> str:
 
 
 # Index updates run as Lua on the server: one command per text (or per session, on a rebuild) instead
-# of one per term. ARGV: session id, key prefix, the length change, then term/tf-change pairs; a
-# negative change removes text (a renamed title), dropping a term whose frequency reaches zero.
+# of one per term, with the term/count pairs packed into one string ("term count term count ...";
+# terms never hold spaces) so the client does not pay per argument either. ARGV: session id, key
+# prefix, the length change, the packed pairs. A negative change removes text (a renamed title),
+# dropping a term whose frequency reaches zero.
 _ADD = """
 local sid, p, len = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local added = {}
-for i = 4, #ARGV, 2 do
-  local term, c = ARGV[i], tonumber(ARGV[i + 1])
+for term, c in string.gmatch(ARGV[4], '(%S+) (%S+)') do
   local score = tonumber(redis.call('ZINCRBY', p .. 't:' .. term, c, sid))
   if score <= 0 then
     redis.call('ZREM', p .. 't:' .. term, sid)
-  elseif c > 0 then
+  elseif tonumber(c) > 0 then
     added[#added + 1] = term
   end
   if #added == 1000 then
@@ -114,8 +115,8 @@ return len
 def add_counts(pipe: redis.client.Pipeline, session_id: str, tf: Counter, length: int) -> None:
     """Queue adding term frequencies `tf` (weights applied) and `length` terms to a session."""
     if tf:
-        pairs = [x for term, count in tf.items() for x in (term, count)]
-        pipe.eval(_ADD, 0, session_id, PREFIX, length, *pairs)
+        packed = " ".join(f"{term} {count}" for term, count in tf.items())
+        pipe.eval(_ADD, 0, session_id, PREFIX, length, packed)
 
 
 def add_text(pipe: redis.client.Pipeline, session_id: str, text: str, weight: int = 1) -> None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Literal
 
@@ -28,7 +27,7 @@ from sessions.ids import new_id
 from sessions.lease import LEASE_MS, LeaseKeeper
 from sessions.log import history_delta, message_record
 from sessions.model import Session, SessionInfo, Settings, title_from_prompt
-from sessions.options import TurnOptions
+from sessions.options import TurnOptions, model_name, repo_root
 from sessions.retrieval import Retriever
 from sessions.runner import TurnJob, run_turn
 from sessions.store import SearchHit, SessionStore
@@ -36,21 +35,6 @@ from sessions.turn import Turn
 from workbench.errors import NotFound, UsageError
 
 log = logging.getLogger("workbench.sessions")
-
-
-def repo_root(path: str | Path | None = None) -> str:
-    """The repository a path belongs to: the nearest directory with .git, else the path itself."""
-    start = Path(path or ".").expanduser().resolve()
-    for directory in (start, *start.parents):
-        if (directory / ".git").exists():
-            return str(directory)
-    return str(start)
-
-
-def model_name(name: str) -> str:
-    """A model directory given by a relative path is stored absolute, so any directory can resume."""
-    path = Path(name).expanduser()
-    return str(path.resolve()) if path.is_dir() else name
 
 
 class SessionService:
@@ -257,7 +241,6 @@ class SessionService:
     def delete(self, id_or_prefix: str) -> str:
         """Remove a session and unpin its KV blocks (blocks other sessions share stay pinned by them)."""
         session_id = self.resolve(id_or_prefix)
-        held = self.leases.holds(session_id)
         self.leases.acquire(session_id)  # refuses while another process uses it
         try:
             self.store.delete(session_id)
@@ -265,8 +248,7 @@ class SessionService:
             if blocks is not None:
                 blocks.unpin(session_id)
         finally:
-            if not held:
-                self.leases.release(session_id)
+            self.leases.release(session_id)
         return session_id
 
     def export(self, id_or_prefix: str, fmt: Literal["markdown", "json"] = "markdown") -> str:

@@ -145,6 +145,23 @@ class SessionStore:
             pipe.execute()
             return index
 
+    def seal_open_reply(self, session: Session) -> None:
+        """Record a reply that replay rebuilt from partial records (its writer died) as a message of
+        its own: the log then says it was interrupted, and search finds its words."""
+        index = session.open_reply
+        if index is None:
+            return
+        with self._lock:
+            message = session.messages[index]
+            record = message_record(index, message)
+            size = self.file(session.id).append([record], sync=True)
+            pipe = self.r.pipeline()
+            pipe.rpush(log_key(session.id), json.dumps(record, ensure_ascii=False))
+            pipe.hset(session_key(session.id), mapping={"log_size": json.dumps(size)})
+            search.add_text(pipe, session.id, message.content)
+            pipe.execute()
+            session.open_reply = None
+
     def append_partial(self, session: Session, index: int, content: str, reasoning: str, now: float) -> None:
         """Record text generated so far for reply `index` (no fsync: it only has to survive kill -9).
 
@@ -295,14 +312,17 @@ class SessionStore:
         pipe = self.r.pipeline(transaction=False)
         for session_id in order:
             pipe.hget(session_key(session_id), "log_size")
-        sizes = pipe.execute()
+            pipe.exists(f"wb:s:{session_id}:lease")
+        replies = pipe.execute()
         stale = []
-        for session_id, size in zip(order, sizes, strict=True):
+        for session_id, size, leased in zip(order, replies[::2], replies[1::2], strict=True):
             try:
                 on_disk = files[session_id].stat().st_size
             except FileNotFoundError:
                 continue  # deleted meanwhile by another process
-            if size is None or json.loads(size) != on_disk:
+            # A session another process holds is written to as we look (its reply in progress lags
+            # log_size on purpose): that process keeps its Redis side; rebuild it only if it is missing.
+            if size is None or (json.loads(size) != on_disk and not leased):
                 stale.append(session_id)
         for start in range(0, len(stale), _REBUILD_BATCH):
             self._rebuild(stale[start : start + _REBUILD_BATCH])
@@ -311,7 +331,9 @@ class SessionStore:
         return stale
 
     def _rebuild(self, session_ids: list[str]) -> None:
-        pipe = self.r.pipeline(transaction=False)
+        # One transaction per batch: two processes rebuilding at once serialize, and the second's
+        # remove-then-add leaves the index exactly as the first made it (never counted twice).
+        pipe = self.r.pipeline(transaction=True)
         for session_id in session_ids:
             search.remove_session(pipe, session_id)
             file = self.file(session_id)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -98,7 +99,7 @@ def test_rename_fork_rm_and_bad_ids(model: str, tmp_path: Path, redis_client: re
 
     ambiguous = workbench("sessions", "show", "0")  # every id of this era starts with 0
     assert ambiguous.code == 2 and "ambiguous" in ambiguous.stderr and parsing in ambiguous.stderr
-    for args, code in [
+    bad = [
         (["sessions", "rm", "zzzzzz"], 3),
         (["sessions", "rename", parsing, "   "], 2),
         (["sessions", "fork", parsing, "--at", "9"], 2),
@@ -106,7 +107,9 @@ def test_rename_fork_rm_and_bad_ids(model: str, tmp_path: Path, redis_client: re
         (["sessions", "export", parsing, "--format", "pdf"], 2),
         (["sessions", "frobnicate"], 2),
         (["sessions", "search"], 2),
-    ]:
-        run = workbench(*args)
+    ]
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        runs = list(pool.map(lambda case: workbench(*case[0]), bad))
+    for (_, code), run in zip(bad, runs, strict=True):
         assert run.code == code, run
         assert run.stderr.startswith("workbench: ") and len(run.stderr.splitlines()) == 1, run

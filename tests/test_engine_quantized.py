@@ -45,7 +45,7 @@ def test_mlx_keeps_weights_quantized_numpy_dequantizes(tiny_model: TinyModels) -
     mlx_attn, np_attn = on_mlx.layers[0].self_attn, on_numpy.layers[0].self_attn
     assert isinstance(mlx_attn.qkv, QuantizedWeight) and mlx_attn.qkv.bits == 4
     assert isinstance(on_mlx.embed_tokens, QuantizedWeight)
-    assert isinstance(np_attn.qkv, LinearWeight) and np_attn.qkv.wt.dtype == np.float32
+    assert isinstance(np_attn.qkv, LinearWeight) and np_attn.qkv.w.dtype == np.float32
 
 
 def test_quantized_greedy_matches_twin_on_mlx(tiny_model: TinyModels) -> None:

@@ -159,18 +159,33 @@ def test_run_script_paragraphs_then_jsonl(model: str, tmp_path: Path) -> None:
 
 
 def test_rag_and_thinking_on(model: str, tmp_path: Path) -> None:
-    (tmp_path / "parser.py").write_text("def parse(text):\n    return text.split()\n", encoding="utf-8")
-    run = workbench("-p", "how does parse work?", "--model", model, "--repo", str(tmp_path), "--thinking",
-                    "--temperature", "0", "--max-tokens", "4", "--output-format", "stream-json")  # fmt: skip
-    assert run.code == 0, run
-    events = run.lines()
-    result = check_stream(events)
-    retrieval = events[1]
-    # Without an index of the repo, retrieval says why it was skipped; with one, it lists chunks.
-    assert retrieval["skipped"] or retrieval["chunks"]
-    assert len(result["retrieved"]) == len(retrieval["chunks"])
-    settings = show(result["session_id"])["settings"]
+    (tmp_path / "parser.py").write_text(
+        'def parse_config(text):\n    """Split a config file into key/value pairs."""\n'
+        '    return dict(line.split("=", 1) for line in text.splitlines())\n',
+        encoding="utf-8",
+    )
+    ask = ["--temperature", "0", "--max-tokens", "4", "--output-format", "stream-json"]
+    before = workbench("-p", "how does parse_config work?", "--model", model, "--repo", str(tmp_path),
+                       "--thinking", *ask)  # fmt: skip
+    assert before.code == 0, before
+    events = before.lines()
+    sid = check_stream(events)["session_id"]
+    assert events[1]["chunks"] == [] and "not indexed" in events[1]["skipped"], "no index yet: says so"
+    settings = show(sid)["settings"]
     assert settings["rag"] is True and settings["thinking"] is True
+
+    indexed = workbench("index", "--repo", str(tmp_path), "--json")
+    assert indexed.code == 0, indexed
+    after = workbench("--continue", "--repo", str(tmp_path), "-p", "and what does parse_config return?", *ask)
+    assert after.code == 0, after
+    events = after.lines()
+    result = check_stream(events, sid)
+    retrieval = events[1]
+    assert retrieval["skipped"] is None and retrieval["tokens"] > 0
+    assert [c["path"] for c in retrieval["chunks"]] == ["parser.py"]
+    (hit,) = result["retrieved"]
+    assert hit == {k: retrieval["chunks"][0][k] for k in RETRIEVED_FIELDS}
+    assert (hit["start_line"], hit["end_line"], hit["symbol"]) == (1, 3, "parse_config")
 
 
 def test_ctrl_c_mid_generation_records_the_partial_reply_and_exits_130(model: str, tmp_path: Path) -> None:

@@ -197,12 +197,10 @@ def test_sigkill_mid_generation_leaves_a_readable_session(redis_client: redis.Re
         # The dead process's lease does not lock the session: a new turn continues it at once.
         _, result = run(svc, sid[:10], "Go on.", max_tokens=4)
         assert not result.is_error and result.message == 4
-        assert [m.status for m in svc.show(sid).messages] == [
-            "complete",
-            "interrupted",
-            "complete",
-            "complete",
-        ]
+        statuses = [m.status for m in svc.show(sid).messages]
+        assert statuses == ["complete", "interrupted", "complete", "complete"]
+        # The interrupted reply was sealed as a message of its own: search finds its words.
+        assert sid in [h.session.id for h in svc.search(reply.content.split()[0])]
 
 
 HOLDER = """

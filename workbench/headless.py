@@ -147,7 +147,7 @@ def add_turn_options(parser: argparse.ArgumentParser, suppress: bool = False) ->
         "--no-cache",
         action="store_true",
         default=default(False),
-        help="recompute the whole prompt, no KV blocks read (the reference for A/B checks)",
+        help="recompute the whole prompt, no KV blocks read or written (the reference for A/B checks)",
     )
 
 

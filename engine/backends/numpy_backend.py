@@ -7,8 +7,8 @@ reads them in the order BLAS wants, with no per-call transpose. Raw [out, in] ar
 from __future__ import annotations
 
 import os
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,15 +19,26 @@ float_dtype = "float32"
 Array = np.ndarray
 
 
+# Store linear weights transposed ([in, out]) so that x @ wt needs no transpose at call time? With
+# OpenBLAS both layouts run at the same speed (measured: bench/engine_bench.py), and [out, in] is the
+# checkpoint's own layout, so loading is one conversion pass with no transposed copy.
+PRETRANSPOSE = False
+
+
 @dataclass(frozen=True)
 class LinearWeight:
-    """A linear layer's weight, stored transposed ([in, out], C-contiguous)."""
+    """A linear layer's float32 weight: [out, in], or [in, out] (`transposed`) if PRETRANSPOSE."""
 
-    wt: np.ndarray
+    w: np.ndarray
+    transposed: bool
 
     @property
     def shape(self) -> tuple[int, int]:
-        return (self.wt.shape[1], self.wt.shape[0])
+        return self.w.shape[::-1] if self.transposed else self.w.shape  # type: ignore[return-value]
+
+    @property
+    def nbytes(self) -> int:
+        return self.w.nbytes
 
 
 def asarray(a: Any, dtype: str | None = None) -> np.ndarray:
@@ -44,13 +55,19 @@ def to_numpy(x: Any) -> np.ndarray:
 
 
 def linear_weight(w: np.ndarray) -> LinearWeight:
-    """Prepare a [out, in] weight for `linear`: transposed once here instead of on every call."""
-    return LinearWeight(np.ascontiguousarray(np.asarray(w, dtype=np.float32).T))
+    """Prepare a [out, in] weight for `linear`: float32, C-contiguous (no copy if it already is)."""
+    w = np.asarray(w, dtype=np.float32)
+    if PRETRANSPOSE:
+        return LinearWeight(np.ascontiguousarray(w.T), transposed=True)
+    return LinearWeight(np.ascontiguousarray(w), transposed=False)
 
 
 def linear(x: np.ndarray, w: LinearWeight | np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
     """x @ w.T (+ b). `w` is a LinearWeight or a raw [out, in] array (e.g. a tied embedding table)."""
-    y = x @ w.wt if isinstance(w, LinearWeight) else x @ w.T
+    if isinstance(w, LinearWeight):
+        y = x @ w.w if w.transposed else x @ w.w.T
+    else:
+        y = x @ w.T
     if b is not None:
         y += b
     return y
