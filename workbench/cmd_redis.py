@@ -6,8 +6,6 @@ import argparse
 import json
 import os
 
-from workbench import redis_server
-
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("redis", help="the embedded Redis server (status, stop)")
@@ -20,6 +18,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_status(args: argparse.Namespace) -> int:
+    from workbench import redis_server  # redis-py costs ~140 ms: only load it when used
+
     url = os.environ.get("REDIS_URL")
     if url:
         info = redis_server.server_info()
@@ -36,6 +36,8 @@ def run_status(args: argparse.Namespace) -> int:
 
 
 def run_stop(args: argparse.Namespace) -> int:
+    from workbench import redis_server
+
     if os.environ.get("REDIS_URL"):
         print("workbench: REDIS_URL is set; Workbench never stops a server it did not start")
         return 0
