@@ -136,18 +136,12 @@ class WeightFloorRunner:
     step costs in memory traffic alone."""
 
     def __init__(self, network: object) -> None:
-        from engine.backends.numpy_backend import LinearWeight
-
-        def operand(w: object) -> np.ndarray:  # exactly what numpy_backend.linear multiplies by
-            if isinstance(w, LinearWeight):
-                return w.w if w.transposed else w.w.T
-            return w.T  # type: ignore[attr-defined]
-
+        # [out, in] weights, used as numpy_backend.linear does: x @ w.T
         self.mats = []
         for layer in network.layers:  # type: ignore[attr-defined]
             a, m = layer.self_attn, layer.mlp
-            self.mats += [operand(a.qkv), operand(a.o_proj), operand(m.gate_up), operand(m.down)]
-        self.mats.append(operand(network.lm_head))  # type: ignore[attr-defined]
+            self.mats += [a.qkv.T, a.o_proj.T, m.gate_up.T, m.down.T]
+        self.mats.append(network.lm_head.T)  # type: ignore[attr-defined]
         self.xs = [np.ones((1, w.shape[0]), np.float32) for w in self.mats]
         self.nbytes = sum(w.nbytes for w in self.mats)
 

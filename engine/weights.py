@@ -8,6 +8,7 @@ and dequantized once, here, where it cannot.
 
 from __future__ import annotations
 
+import mmap
 from types import ModuleType
 from typing import Any
 
@@ -17,6 +18,18 @@ from engine.errors import ModelFormatError
 from engine.safetensors_io import Checkpoint
 
 DEQUANT_ROWS = 4096  # rows dequantized at a time, bounding the temporaries of big tables
+
+
+def prefaulted_float32(shape: tuple[int, ...]) -> np.ndarray:
+    """An uninitialised float32 array whose pages are mapped up front by one MAP_POPULATE mmap.
+
+    Weights are written once, in full: faulting their pages in one by one on first write costs more
+    than the bf16 -> f32 conversion itself on virtual machines (measured 4.5x slower for 400 MB)."""
+    nbytes = 4 * int(np.prod(shape, dtype=np.int64))
+    if nbytes < (1 << 20) or not hasattr(mmap, "MAP_POPULATE"):
+        return np.empty(shape, dtype=np.float32)
+    buffer = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | mmap.MAP_POPULATE)
+    return np.frombuffer(buffer, dtype=np.float32).reshape(shape)
 
 
 def dequantize(
@@ -135,7 +148,7 @@ class WeightReader:
             stacked = [np.concatenate([part[i] for part in parts]) for i in range(3)]
             weight = self.ops.quantized_weight(*stacked, group_size, bits)
         else:
-            full = np.empty((sum(out_sizes), in_size), dtype=np.float32)
+            full = prefaulted_float32((sum(out_sizes), in_size))
             row = 0
             for p, o, q in zip(prefixes, out_sizes, quant, strict=True):
                 if q is None:
@@ -153,12 +166,13 @@ class WeightReader:
         """The token embedding table; quantized on backends that can look up quantized rows."""
         quant = self._quant_params(prefix)
         if quant is None:
-            table = self._float(f"{prefix}.weight", (vocab, hidden), out=np.empty((vocab, hidden), np.float32))
+            table = self._float(f"{prefix}.weight", (vocab, hidden), out=prefaulted_float32((vocab, hidden)))
             table = self.ops.asarray(table)
         elif hasattr(self.ops, "quantized_weight"):
             table = self.ops.quantized_weight(*self._quantized_parts(prefix, vocab, hidden, *quant), *quant)
         else:
-            table = dequantize(*self._quantized_parts(prefix, vocab, hidden, *quant), *quant)
+            parts = self._quantized_parts(prefix, vocab, hidden, *quant)
+            table = dequantize(*parts, *quant, out=prefaulted_float32((vocab, hidden)))
         self._release(prefix)
         return table
 

@@ -126,6 +126,7 @@ class Index:
             t0 = time.monotonic()
             stats = UpdateStats()
             self.store.set_status(state="indexing")
+            self.store.set_meta(str(self.root), self.model_id)
             if paths is None:
                 self.rules = IgnoreRules(self.root)  # ignore files may have changed
                 result = scan(self.root, self.rules)

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from indexer.index import Hit, Index
 
-RRF_K = 60
-VECTOR_WEIGHT = 1.0
+RRF_K = 30
+VECTOR_WEIGHT = 1.5
 LEXICAL_WEIGHT = 1.0
 MODES = ("hybrid", "vector", "lexical")
 WILDCARDS = re.compile(r"[*?\[]")

@@ -6,7 +6,7 @@
 | `files` | hash | path -> manifest JSON {sha, lang, elements} |
 | `chunks` | hash | element -> chunk JSON {path, lang, start, end, symbol, hash, eh, text, terms, len} |
 | `lx:t:<term>`, `lx:len`, `lx:stats` | hashes | BM25 postings (indexer.lexical) |
-| `meta` | hash | repo, model, dim |
+| `meta` | hash | repo, model |
 | `status` | hash | files, chunks, pending, last_update, errors, state, last_error |
 | `errors` | list | the latest skip/error reasons, newest first |
 
@@ -30,6 +30,7 @@ from indexer.chunk import Chunk
 from indexer.lexical import LexicalIndex
 
 ERRORS_KEPT = 200
+SYMBOL_BOOST = 3
 
 
 def index_id(repo_realpath: str, model_id: str) -> str:
@@ -133,8 +134,7 @@ class IndexStore:
             vec = vectors[element]
             pipe.vset().vadd(self.vset, vec.astype("<f4").tobytes(), element,
                              quantization=QuantizationOptions.Q8, attributes=attributes(chunk))  # fmt: skip
-            lexical_text = f"{chunk.path} {chunk.symbol}\n{chunk.text}"
-            terms, length = self.lexical.add(pipe, element, lexical_text)
+            terms, length = self.lexical.add(pipe, element, lexical_text(chunk))
             pipe.hset(self.chunks_key, element, _record(chunk, terms, length))
         for element, chunk in plan.reattribute:
             pipe.execute_command("VSETATTR", self.vset, element, json.dumps(attributes(chunk)))
@@ -148,8 +148,8 @@ class IndexStore:
             pipe.hset(self.files_key, plan.path, json.dumps(manifest))
         pipe.execute()
 
-    def set_meta(self, repo: str, model_id: str, dim: int) -> None:
-        self.r.hset(self.meta_key, mapping={"repo": repo, "model": model_id, "dim": dim})
+    def set_meta(self, repo: str, model_id: str) -> None:
+        self.r.hset(self.meta_key, mapping={"repo": repo, "model": model_id})
 
     def set_status(self, **fields: Any) -> None:
         self.r.hset(self.status_key, mapping={k: str(v) for k, v in fields.items()})
@@ -169,6 +169,12 @@ class IndexStore:
         for i in range(0, len(keys), 500):
             self.r.delete(*keys[i : i + 500])
         return len(keys)
+
+
+def lexical_text(chunk: Chunk) -> str:
+    """What BM25 sees: the path, the symbol weighted up (a function's name says what it is about more
+    than any word of its body), then the code."""
+    return f"{chunk.path} {' '.join([chunk.symbol] * SYMBOL_BOOST)}\n{chunk.text}"
 
 
 def _record(chunk: Chunk, terms: list[str], length: int) -> str:

@@ -6,6 +6,7 @@ Redis keys (see docs/architecture.md; none has a TTL except leases):
   wb:s:<id>:log      list   the log records, one JSON line each, exactly as on disk
   wb:s:index         zset   id -> updated time (listing, newest first)
   wb:s:repo:<path>   zset   id -> updated time, per repository
+  wb:s:ids           zset   every id at score 0 (unique-prefix lookups by lex range)
   wb:s:fts:*                the full-text index (search.py)
 On start, a session whose Redis side is missing or lags its disk log (FLUSHALL, a new Redis, a
 crash) is rebuilt from disk.
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +42,22 @@ from workbench.paths import data_dir, ensure_writable
 log = logging.getLogger("workbench.sessions")
 
 INDEX_KEY = "wb:s:index"
+IDS_KEY = "wb:s:ids"  # every id at score 0: prefix lookups by ZRANGE BYLEX
 _REBUILD_BATCH = 200
+# ARGV[1]: "id size id size ..." of the logs on disk; returns the ids whose Redis side is stale.
+_STALE = """
+local out = {}
+for sid, size in string.gmatch(ARGV[1], '(%S+) (%S+)') do
+  local have = redis.call('HGET', 'wb:s:' .. sid, 'log_size')
+  if not have or redis.call('HEXISTS', 'wb:s:' .. sid, 'id') == 0
+      or not redis.call('ZSCORE', 'wb:s:ids', sid) then
+    out[#out + 1] = sid
+  elseif have ~= size and redis.call('EXISTS', 'wb:s:' .. sid .. ':lease') == 0 then
+    out[#out + 1] = sid
+  end
+end
+return out
+"""
 
 
 def session_key(session_id: str) -> str:
@@ -208,6 +225,7 @@ class SessionStore:
             search.remove_session(pipe, session_id)
             pipe.delete(session_key(session_id), log_key(session_id))
             pipe.zrem(INDEX_KEY, session_id)
+            pipe.zrem(IDS_KEY, session_id)
             pipe.zrem(repo_key(info.repo), session_id)
             pipe.execute()
             self.file(session_id).path.unlink(missing_ok=True)
@@ -223,6 +241,7 @@ class SessionStore:
         if lines:
             pipe.rpush(log_key(session.id), *lines)
         self._touch(pipe, session)
+        pipe.zadd(IDS_KEY, {session.id: 0})
         tf, length = search.session_counts(session.title, [m.content for m in session.messages])
         search.add_counts(pipe, session.id, tf, length)
 
@@ -233,23 +252,23 @@ class SessionStore:
 
     def info(self, session_id: str) -> SessionInfo:
         raw = self.r.hgetall(session_key(session_id))
-        if raw:
+        if b"id" in raw:
             return _info_from_hash(raw)
         return self.load(session_id)
 
     def load(self, session_id: str, stop_after: int | None = None) -> Session:
-        """The session with its messages: from the Redis log, or the disk log if Redis lacks it."""
+        """The session with its messages: from the Redis log, or the disk log if Redis lacks it (or
+        holds only records written after a FLUSHALL, without the header)."""
         lines = self.r.lrange(log_key(session_id), 0, -1)
-        if lines:
-            where = f"redis {log_key(session_id)}"
-            session = replay(parse_lines(lines, where), where, stop_after)
-        elif self.file(session_id).path.exists():
+        where = f"redis {log_key(session_id)}"
+        session = replay(parse_lines(lines, where), where, stop_after) if lines else None
+        path = self.file(session_id).path
+        if session is None and path.exists():
             session = self.file(session_id).load(stop_after)
-        else:
-            raise NotFound(f"no session {session_id} (see `workbench sessions list`)")
+            if session is None:
+                raise NotFound(f"session {session_id}: its log has no readable session header ({path})")
         if session is None:
-            path = self.file(session_id).path
-            raise NotFound(f"session {session_id}: its log has no readable session header ({path})")
+            raise NotFound(f"no session {session_id} (see `workbench sessions list`)")
         return session
 
     def list(self, repo: str | None = None, limit: int | None = None, offset: int = 0) -> list[SessionInfo]:
@@ -275,13 +294,15 @@ class SessionStore:
             raw = self.r.hget(session_key(session_id), "title")
             return json.loads(raw) if raw else ""
 
-        return ids.resolve_prefix(prefix, self.all_ids(), describe)
+        candidates = self.r.zrange(IDS_KEY, f"[{text}", f"[{text}\xff", bylex=True)
+        return ids.resolve_prefix(prefix, [c.decode() for c in candidates], describe)
 
     def _infos(self, session_ids: list[str]) -> list[SessionInfo]:
         pipe = self.r.pipeline(transaction=False)
         for session_id in session_ids:
             pipe.hgetall(session_key(session_id))
-        return [_info_from_hash(raw) for raw in pipe.execute() if raw]
+        # A hash without its id is the remains of a write that raced a FLUSHALL: the next start rebuilds it.
+        return [_info_from_hash(raw) for raw in pipe.execute() if b"id" in raw]
 
     def search(self, query: str, repo: str | None = None, limit: int = 20) -> list[SearchHit]:
         """Sessions ranked by BM25, each with the best matching message and a snippet of it."""
@@ -306,24 +327,24 @@ class SessionStore:
     # -- rebuild -------------------------------------------------------------------------------
 
     def sync_from_disk(self) -> list[str]:
-        """Rebuild the Redis side of every session whose disk log it does not reflect; returns their ids."""
-        files = {p.stem: p for p in self.root.glob("*.jsonl") if ids.is_valid(p.stem)}
-        order = sorted(files)
-        pipe = self.r.pipeline(transaction=False)
-        for session_id in order:
-            pipe.hget(session_key(session_id), "log_size")
-            pipe.exists(f"wb:s:{session_id}:lease")
-        replies = pipe.execute()
-        stale = []
-        for session_id, size, leased in zip(order, replies[::2], replies[1::2], strict=True):
-            try:
-                on_disk = files[session_id].stat().st_size
-            except FileNotFoundError:
-                continue  # deleted meanwhile by another process
-            # A session another process holds is written to as we look (its reply in progress lags
-            # log_size on purpose): that process keeps its Redis side; rebuild it only if it is missing.
-            if size is None or (json.loads(size) != on_disk and not leased):
-                stale.append(session_id)
+        """Rebuild the Redis side of every session whose disk log it does not reflect; returns their ids.
+
+        Every process pays the check on start, so it is one Lua call comparing each log's size with the
+        log_size Redis has for it. A session another process holds is written to as we look (its reply
+        in progress lags log_size on purpose): that process keeps its Redis side, so it is rebuilt only
+        if it is missing altogether.
+        """
+        sizes = {}
+        with os.scandir(self.root) as entries:
+            for entry in entries:
+                stem, ext = os.path.splitext(entry.name)
+                if ext == ".jsonl" and ids.is_valid(stem):
+                    try:
+                        sizes[stem] = entry.stat().st_size
+                    except FileNotFoundError:
+                        continue  # deleted meanwhile by another process
+        packed = " ".join(f"{sid} {size}" for sid, size in sorted(sizes.items()))
+        stale = sorted(m.decode() for m in self.r.eval(_STALE, 0, packed)) if packed else []
         for start in range(0, len(stale), _REBUILD_BATCH):
             self._rebuild(stale[start : start + _REBUILD_BATCH])
         if stale:

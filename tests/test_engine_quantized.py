@@ -37,7 +37,6 @@ def test_quantized_logits_equal_dequantized_twin(tiny_model: TinyModels, name: s
 
 def test_mlx_keeps_weights_quantized_numpy_dequantizes(tiny_model: TinyModels) -> None:
     from engine.backends.mlx_backend import QuantizedWeight
-    from engine.backends.numpy_backend import LinearWeight
 
     tiny = tiny_model("qwen3_mlx_q4")
     on_mlx = engine.load_model(tiny.path, backend="mlx").network
@@ -45,7 +44,7 @@ def test_mlx_keeps_weights_quantized_numpy_dequantizes(tiny_model: TinyModels) -
     mlx_attn, np_attn = on_mlx.layers[0].self_attn, on_numpy.layers[0].self_attn
     assert isinstance(mlx_attn.qkv, QuantizedWeight) and mlx_attn.qkv.bits == 4
     assert isinstance(on_mlx.embed_tokens, QuantizedWeight)
-    assert isinstance(np_attn.qkv, LinearWeight) and np_attn.qkv.w.dtype == np.float32
+    assert isinstance(np_attn.qkv, np.ndarray) and np_attn.qkv.dtype == np.float32
 
 
 def test_quantized_greedy_matches_twin_on_mlx(tiny_model: TinyModels) -> None:

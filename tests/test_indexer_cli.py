@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -69,3 +70,26 @@ def test_bad_arguments_are_usage_errors(repo: Path, capsys: pytest.CaptureFixtur
     assert main(["search", "x", "--repo", str(repo), "--k", "0"]) == 2
     assert "--k must be positive" in capsys.readouterr().err
     assert main(["search", "x", "--repo", str(repo / "missing")]) == 3
+
+
+def test_index_watch_prints_one_json_line_per_update_and_stops_on_ctrl_c(repo: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "workbench", "index", "--watch", "--json", "--repo", str(repo)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert proc.stdout is not None
+        first = json.loads(proc.stdout.readline())
+        assert first["files_changed"] == 6
+        time.sleep(0.5)  # the observer is scheduled right after the first update
+        (repo / "app" / "watched.py").write_text("def watched():\n    return 1\n")
+        second = json.loads(proc.stdout.readline())
+        assert second["files_changed"] == 1 and second["chunks_added"] == 1
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -199,8 +199,11 @@ def test_sigkill_mid_generation_leaves_a_readable_session(redis_client: redis.Re
         assert not result.is_error and result.message == 4
         statuses = [m.status for m in svc.show(sid).messages]
         assert statuses == ["complete", "interrupted", "complete", "complete"]
-        # The interrupted reply was sealed as a message of its own: search finds its words.
-        assert sid in [h.session.id for h in svc.search(reply.content.split()[0])]
+        # The interrupted reply was sealed as a message record of its own (and indexed for search).
+        records = [json.loads(line) for line in log_path.read_text().splitlines()]
+        sealed = [r for r in records if r["t"] == "message" and r["n"] == 1]
+        assert sealed and sealed[0]["message"]["status"] == "interrupted"
+        assert sealed[0]["message"]["content"] == reply.content
 
 
 HOLDER = """

@@ -200,3 +200,34 @@ def test_store_resolve_uses_redis_ids(redis_client: redis.Redis) -> None:
     with pytest.raises(ids.AmbiguousId, match="second"):
         store.resolve(a.id[:common])
     json.dumps([h.to_dict() for h in store.search("first")])
+
+
+def test_a_replayed_interrupted_reply_is_sealed_and_searchable(redis_client: redis.Redis) -> None:
+    store = SessionStore(redis_client)
+    s = make_session()
+    store.create(s)
+    store.append_message(s, Message(role="user", content="explain"))
+    store.append_partial(s, 1, "the zeppelin answer", "", time.time())  # then the writer died
+    assert store.search("zeppelin") == []  # partial text is not indexed while it streams
+    resumed = store.load(s.id)
+    assert resumed.open_reply == 1
+    store.seal_open_reply(resumed)
+    assert resumed.open_reply is None and store.load(s.id).open_reply is None
+    assert [h.session.id for h in store.search("zeppelin")] == [s.id]
+    assert [m.status for m in SessionFile(store.root / f"{s.id}.jsonl").load().messages] == [
+        "complete",
+        "interrupted",
+    ]
+
+
+def test_flushall_under_a_running_writer_loses_nothing(redis_client: redis.Redis) -> None:
+    store = SessionStore(redis_client)
+    s = make_session()
+    store.create(s)
+    store.append_message(s, Message(role="user", content="before"))
+    redis_client.flushall()
+    store.append_message(s, Message(role="assistant", content="after"))  # this process carries on
+    assert [m.content for m in store.load(s.id).messages] == ["before", "after"]  # from disk
+    assert store.list() == []  # the remains of a hash are not listed as a session
+    restarted = SessionStore(redis_client)
+    assert [(i.id, i.message_count) for i in restarted.list()] == [(s.id, 2)]

@@ -1,44 +1,45 @@
 """numpy backend: float32 everywhere, matmuls through numpy's BLAS (OpenBLAS on Linux wheels).
 
-Linear weights are stored pre-transposed and contiguous ([in, out]) by `linear_weight`, so `x @ wt`
-reads them in the order BLAS wants, with no per-call transpose. Raw [out, in] arrays also work.
+Linear weights are float32 and C-contiguous (`linear_weight`). The elementwise parts of a prefill
+(softmax, SwiGLU, rope) run in row blocks on a small thread pool, since numpy's ufuncs use one core.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
+import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 name = "numpy"
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc malloc.h
+
+
+def _keep_freed_memory_for_reuse() -> None:
+    """Make glibc reuse freed big blocks instead of handing them back to the OS.
+
+    By default every array over 32 MiB (attention scores, MLP activations in prefill) is a fresh mmap,
+    and touching it costs a page fault per 4 KiB: on virtual machines that is the single largest cost
+    of a prefill (measured 5x slower allocation + first write of 64 MiB arrays). Keeping the memory in
+    the heap makes repeated prefill steps reuse pages that are already mapped.
+    """
+    if sys.platform != "linux":
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(_M_MMAP_THRESHOLD, 1 << 30)
+        libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30)
+    except (OSError, AttributeError):  # not glibc: nothing to tune
+        pass
+
+
+_keep_freed_memory_for_reuse()
 float_dtype = "float32"
 Array = np.ndarray
-
-
-# Store linear weights transposed ([in, out]) so that x @ wt needs no transpose at call time? With
-# OpenBLAS both layouts run at the same speed (measured: bench/engine_bench.py), and [out, in] is the
-# checkpoint's own layout, so loading is one conversion pass with no transposed copy.
-PRETRANSPOSE = False
-
-
-@dataclass(frozen=True)
-class LinearWeight:
-    """A linear layer's float32 weight: [out, in], or [in, out] (`transposed`) if PRETRANSPOSE."""
-
-    w: np.ndarray
-    transposed: bool
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return self.w.shape[::-1] if self.transposed else self.w.shape  # type: ignore[return-value]
-
-    @property
-    def nbytes(self) -> int:
-        return self.w.nbytes
 
 
 def asarray(a: Any, dtype: str | None = None) -> np.ndarray:
@@ -54,20 +55,17 @@ def to_numpy(x: Any) -> np.ndarray:
     return arr.astype(np.float32, copy=False) if arr.dtype.kind == "f" else arr
 
 
-def linear_weight(w: np.ndarray) -> LinearWeight:
-    """Prepare a [out, in] weight for `linear`: float32, C-contiguous (no copy if it already is)."""
-    w = np.asarray(w, dtype=np.float32)
-    if PRETRANSPOSE:
-        return LinearWeight(np.ascontiguousarray(w.T), transposed=True)
-    return LinearWeight(np.ascontiguousarray(w), transposed=False)
+def linear_weight(w: np.ndarray) -> np.ndarray:
+    """Prepare a [out, in] weight for `linear`: float32, C-contiguous (no copy if it already is).
+
+    Kept in the checkpoint's [out, in] layout: OpenBLAS runs x @ w.T as fast as x @ w_transposed
+    (measured both ways for prefill and decode), and loading then needs no transposed copy."""
+    return np.ascontiguousarray(w, dtype=np.float32)
 
 
-def linear(x: np.ndarray, w: LinearWeight | np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
-    """x @ w.T (+ b). `w` is a LinearWeight or a raw [out, in] array (e.g. a tied embedding table)."""
-    if isinstance(w, LinearWeight):
-        y = x @ w.w if w.transposed else x @ w.w.T
-    else:
-        y = x @ w.T
+def linear(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
+    """x @ w.T (+ b) for a [out, in] weight."""
+    y = x @ w.T
     if b is not None:
         y += b
     return y
