@@ -230,8 +230,8 @@ def quality(ix: Index, queries: list[tuple[str, str, int]]) -> tuple[dict[str, d
         ),
     }
     sweep = ["| RRF k | vector w | lexical w | MRR@10 | recall@10 |", "| ---: | ---: | ---: | ---: | ---: |"]
-    for k in (10, 30, 60):
-        for wv, wl in ((1.0, 1.0), (1.0, 1.5), (1.5, 1.0)):
+    for k in (5, 10, 30, 60):
+        for wv, wl in ((1.0, 1.0), (1.5, 1.0), (2.0, 1.0), (1.0, 1.5)):
             s = score(fused(k, wv, wl))
             sweep.append(f"| {k} | {wv:g} | {wl:g} | {s['mrr10']:.3f} | {s['recall10']:.3f} |")
     return results, sweep

@@ -161,7 +161,7 @@ def report(rows: list[dict[str, float]], raw: dict[str, float], limits_md: str) 
             f"{row['startup_s'] * 1e3:.0f} ms | "
             f"{row['search_p50'] * 1e3:.1f} ms | {row['search_p95'] * 1e3:.1f} ms | "
             f"{row['list_p50'] * 1e3:.1f} ms | "
-            f"{row['resolve_p50'] * 1e3:.1f} ms | {row['append_p50'] * 1e3:.2f} ms | "
+            f"{row['resolve_p50'] * 1e3:.2f} ms | {row['append_p50'] * 1e3:.2f} ms | "
             f"{row['fsync_s'] * 1e3:.2f} ms |"
         )
     last = rows[-1]

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from engine.backends import get_backend
-from engine.errors import ModelFormatError, ModelNotFoundError, UnsupportedArchitectureError
+from engine.errors import ModelFormatError, UnsupportedArchitectureError
 from engine.model import Model
 from engine.safetensors_io import Checkpoint
 from engine.weights import WeightReader
@@ -21,21 +21,15 @@ _fingerprints: dict[tuple, str] = {}
 
 
 def resolve_path(path_or_id: str | Path) -> Path:
-    """A model directory as given, else a Hugging Face repo id found in the local HF cache."""
+    """A model directory as given, else a Hugging Face repo id found locally (engine.hub)."""
     path = Path(path_or_id).expanduser()
     if path.is_dir():
         return path
     if path.exists():
         raise ModelFormatError(f"{path}: not a model directory (a model is a directory with config.json)")
-    name = str(path_or_id)
-    if name.count("/") == 1 and not name.startswith((".", "/", "~")):
-        try:
-            from engine import hub
-        except ImportError:
-            hub = None
-        if hub is not None:
-            return Path(hub.resolve_model_path(name))
-    raise ModelNotFoundError(f"no model directory {name!r} and no such Hugging Face repo in the local cache")
+    from engine import hub  # the HF cache layout lives there; raises ModelNotFoundError
+
+    return Path(hub.resolve_model_path(str(path_or_id)))
 
 
 def read_config(directory: Path) -> dict:
@@ -111,7 +105,7 @@ def load_model(path_or_id: str | Path, backend: str | None = None) -> Model:
     checkpoint = Checkpoint(directory)
     try:
         network = module.Model(args, ops, WeightReader(checkpoint, ops, config.get("quantization")))
-        print_ = fingerprint(directory, config, checkpoint, ops.float_dtype)
+        model_fingerprint = fingerprint(directory, config, checkpoint, ops.float_dtype)
     finally:
         checkpoint.close()
     return Model(
@@ -121,5 +115,5 @@ def load_model(path_or_id: str | Path, backend: str | None = None) -> Model:
         ops=ops,
         config=args,
         network=network,
-        fingerprint=print_,
+        fingerprint=model_fingerprint,
     )

@@ -63,7 +63,6 @@ class WeightReader:
         self.checkpoint = checkpoint
         self.ops = ops
         self.quantization = quantization or {}
-        self.used: set[str] = set()
 
     def has(self, name: str) -> bool:
         return name in self.checkpoint
@@ -79,7 +78,6 @@ class WeightReader:
                 f"{self.checkpoint.file_of(name)}: tensor {name!r} has shape "
                 f"{list(info.shape)}, the config needs {list(shape)}"
             )
-        self.used.add(name)
         return self.checkpoint.float32(name, out)
 
     def _quant_params(self, prefix: str) -> tuple[int, int] | None:
@@ -119,8 +117,7 @@ class WeightReader:
                         f"{self.checkpoint.file_of(name)}: quantized tensor {name!r} is {info.dtype} "
                         f"{list(info.shape)}, expected U32 {list(shape)} ({bits}-bit of [{out_f}, {in_f}])"
                     )
-                self.used.add(name)
-        return parts["weight"], parts["scales"], parts["biases"]
+                return parts["weight"], parts["scales"], parts["biases"]
 
     def _release(self, prefix: str) -> None:
         for kind in ("weight", "scales", "biases", "bias"):

@@ -9,10 +9,12 @@ ids = ix.token_ids(hits[0], tokenizer)
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
 import time
+import uuid
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -90,6 +92,8 @@ class Index:
         self.rules = IgnoreRules(root)
         self.tokenizers: dict[str, tokens.TokenizerLike] = {}
         self._lock = threading.Lock()  # one update at a time (the watcher and a caller may overlap)
+        self._lease: Any = None
+        self._token = f"{os.getpid()}:{uuid.uuid4().hex}"
 
     @classmethod
     def open(
@@ -122,7 +126,10 @@ class Index:
     def update(self, paths: Iterable[str] | None = None) -> UpdateStats:
         """Bring the index in line with the files: all of them (None) or just `paths` (repo-relative or
         absolute; a path that no longer exists, or is now ignored, leaves the index)."""
-        with self._lock:
+        # One writer per index: this process's threads (lock) and other processes (a Redis lease,
+        # renewed per write group) — two writers could both VADD one new element.
+        with self._lock, self.store.writer_lease(self._token) as lease:
+            self._lease = lease
             t0 = time.monotonic()
             stats = UpdateStats()
             self.store.set_status(state="indexing")
@@ -210,6 +217,7 @@ class Index:
         for start in range(0, len(plans), FILES_PER_WRITE_GROUP):
             group = plans[start : start + FILES_PER_WRITE_GROUP]
             self.store.set_status(pending=len(plans) - start)
+            self._lease.renew()
             vectors = self._vectors_for(group, reusable, stats)
             for plan in group:
                 self.store.apply(plan, old_records, vectors)
@@ -284,8 +292,6 @@ class Index:
         elements: list[str] = []
         records: list[dict[str, Any]] = []
         for element, raw in self.redis.hscan_iter(self.store.chunks_key, count=batch):
-            import json
-
             elements.append(element.decode())
             records.append(json.loads(raw))
             if len(elements) >= batch:

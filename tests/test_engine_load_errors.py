@@ -108,7 +108,7 @@ def test_directory_without_config_is_not_a_model(tmp_path: Path) -> None:
 
 
 def test_missing_directory_is_not_found(tmp_path: Path) -> None:
-    with pytest.raises(ModelNotFoundError, match="missing"):
+    with pytest.raises(ModelNotFoundError, match="neither a directory nor"):
         engine.load_model(tmp_path / "missing", backend="numpy")
 
 

@@ -143,3 +143,18 @@ def test_search_on_an_empty_or_unknown_index_is_empty(tmp_path: Path, redis_clie
     ix = Index.open(tmp_path / "empty", redis_client, encoder=shared_encoder())
     assert ix.search("anything", k=5) == []
     assert ix.update().files_seen == 0
+
+
+def test_a_second_writer_waits_for_the_first(ix: Index, redis_client: redis.Redis) -> None:
+    import threading
+
+    lease = f"wb:ix:{ix.id}:lock"
+    redis_client.set(lease, b"another-process", ex=60)
+    done = threading.Event()
+    worker = threading.Thread(target=lambda: (ix.update(), done.set()))
+    worker.start()
+    assert not done.wait(0.5)  # blocked on the other writer's lease
+    redis_client.delete(lease)
+    assert done.wait(20)
+    worker.join()
+    assert not redis_client.exists(lease)  # released after the update

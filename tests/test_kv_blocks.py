@@ -373,3 +373,14 @@ def test_engine_generate_continues_a_restored_cache_exactly(model, cached) -> No
     resumed = next(e for e in events if isinstance(e, engine.GenerationResult))
     assert resumed.token_ids == scratch.token_ids
     assert resumed.prefilled_tokens == (0 if cached == "whole_prompt" else len(prompt) - 2 * BS)
+
+
+def test_restore_asks_a_cache_that_can_reserve_for_room_once(model) -> None:
+    store = store_with([MemoryTier()])
+    ids = history(3 * BS + 2)
+    save_history(model, store, ids)
+    cache = model.make_cache()
+    asked: list[int] = []
+    cache.reserve = asked.append  # a cache offering reserve(n_positions) gets one call before the blocks
+    assert store.restore(model, cache, ids).cached_tokens == len(ids)
+    assert asked == [3 * BS + BS]

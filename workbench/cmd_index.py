@@ -91,7 +91,10 @@ def run_search(args: argparse.Namespace) -> int:
         raise UsageError(f"--k must be positive, got {args.k}")
     ix = _open(args.repo)
     if not args.no_update:
-        ix.update()
+        stats = ix.update()
+        if stats.files_changed or stats.files_removed:
+            print(f"index refreshed: {stats.files_changed} files changed, {stats.files_removed} removed "
+                  f"({stats.seconds:.1f} s)", file=sys.stderr)  # fmt: skip
     if args.query == "-":
         for line in sys.stdin:
             query = line.strip()

@@ -16,6 +16,9 @@ from typing import Any
 import numpy as np
 
 name = "numpy"
+float_dtype = "float32"
+Array = np.ndarray
+
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc malloc.h
 
 
@@ -38,8 +41,6 @@ def _keep_freed_memory_for_reuse() -> None:
 
 
 _keep_freed_memory_for_reuse()
-float_dtype = "float32"
-Array = np.ndarray
 
 
 def asarray(a: Any, dtype: str | None = None) -> np.ndarray:
