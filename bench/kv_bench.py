@@ -233,6 +233,23 @@ def write_section(section: str) -> None:
     BENCH_DOC.write_text(new.rstrip("\n") + "\n")
 
 
+def _int_keys(x: Any) -> Any:
+    """JSON turned the history lengths into strings: turn them back."""
+    if isinstance(x, dict):
+        return {int(k) if isinstance(k, str) and k.isdigit() else k: _int_keys(v) for k, v in x.items()}
+    return x
+
+
+def render_saved(path: Path) -> None:
+    """Re-render (and write) the docs section from a saved run: `--render /tmp/kv_bench.json`."""
+    results = _int_keys(json.loads(path.read_text()))
+    section = render(results, results["limits"])
+    print(section)
+    if not ARGS.no_docs:
+        write_section(section)
+        print(f"wrote {BENCH_DOC} ({HEADING})")
+
+
 def main() -> None:
     global ARGS
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -244,7 +261,11 @@ def main() -> None:
     p.add_argument("--quality-tokens", type=int, default=256, help="0 skips the int8/float16 quality run")
     p.add_argument("--keep-page-cache", action="store_true")
     p.add_argument("--no-docs", action="store_true")
+    p.add_argument("--render", type=Path, help="only re-render the docs section from a saved results file")
     ARGS = p.parse_args()
+    if ARGS.render:
+        render_saved(ARGS.render)
+        return
     if ARGS.quick:
         ARGS.lengths, ARGS.block_sizes, ARGS.sweep_length, ARGS.quality_tokens = "512,1024", "32,64", 1024, 16
     lengths = [int(x) for x in ARGS.lengths.split(",")]

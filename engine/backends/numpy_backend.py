@@ -227,7 +227,11 @@ def _parallel(fn: Callable[[slice], Any], blocks: list[slice]) -> list[Any]:
 
 def _exp_rows_in_place(x: np.ndarray) -> np.ndarray:
     """x <- exp(x - rowmax(x)) over the last axis; returns the row sums [..., 1]."""
-    return np.concatenate(_parallel(lambda rows: _exp_rows(x[rows]), _row_blocks(x)))
+    if not x.flags.c_contiguous:  # reshape would copy, and the exp must land in x itself
+        return _exp_rows(x)
+    rows = x.reshape(-1, x.shape[-1])
+    sums = np.concatenate(_parallel(lambda block: _exp_rows(rows[block]), _row_blocks(rows)))
+    return sums.reshape(*x.shape[:-1], 1)
 
 
 def _exp_rows(x: np.ndarray) -> np.ndarray:
