@@ -193,7 +193,7 @@ def _windows(
         end = min(last, start + size - 1)
         # Keep windows under the char limit too (minified or very long lines).
         while end > start and sum(len(x) for x in lines[start : end + 1]) > MAX_CHUNK_CHARS:
-            end = start + max(1, (end - start) // 2)
+            end = start + (end - start) // 2  # reaches `start`: one over-long line is one chunk
         text = "".join(lines[start : end + 1])
         if text.strip():
             out.append(Chunk(path, start + 1, end + 1, language, symbol, text, content_hash(text)))

@@ -1,12 +1,11 @@
 """Language detection (extension, then shebang) and the tree-sitter grammars we chunk with.
 
-Grammars come from the per-language `tree-sitter-<lang>` wheels, which carry compiled parsers.
-(`tree-sitter-language-pack` 1.x downloads its parsers at first use, which an offline machine cannot do.)
+Grammars come from `tree-sitter-language-pack` 0.x, whose wheel carries every compiled parser.
+(1.x downloads its parsers at first use, which an offline machine cannot do: pinned below 1.)
 """
 
 from __future__ import annotations
 
-import importlib
 import re
 from functools import cache
 from pathlib import PurePosixPath
@@ -39,18 +38,10 @@ SHEBANG_LANGUAGE = {
     b"ruby": "ruby", b"perl": "perl",
 }  # fmt: skip
 
-# language -> (module, function returning the grammar pointer)
-GRAMMARS: dict[str, tuple[str, str]] = {
-    "python": ("tree_sitter_python", "language"),
-    "javascript": ("tree_sitter_javascript", "language"),
-    "typescript": ("tree_sitter_typescript", "language_typescript"),
-    "tsx": ("tree_sitter_typescript", "language_tsx"),
-    "go": ("tree_sitter_go", "language"),
-    "rust": ("tree_sitter_rust", "language"),
-    "c": ("tree_sitter_c", "language"),
-    "cpp": ("tree_sitter_cpp", "language"),
-    "java": ("tree_sitter_java", "language"),
-}
+# The languages whose definitions the chunker knows (chunk.py); others fall back to line windows.
+GRAMMARS: frozenset[str] = frozenset(
+    {"python", "javascript", "typescript", "tsx", "go", "rust", "c", "cpp", "java"}
+)
 
 
 def detect_language(relpath: str, head: bytes) -> str:
@@ -80,13 +71,8 @@ def parser_for(language: str) -> Any | None:
 
 @cache
 def _grammar(language: str) -> Any | None:
-    spec = GRAMMARS.get(language)
-    if spec is None:
+    if language not in GRAMMARS:
         return None
-    import tree_sitter
+    from tree_sitter_language_pack import get_language
 
-    try:
-        module = importlib.import_module(spec[0])
-    except ImportError:
-        return None
-    return tree_sitter.Language(getattr(module, spec[1])())
+    return get_language(language)  # type: ignore[arg-type]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from indexer.chunk import MAX_CHUNK_LINES, WINDOW_LINES, WINDOW_OVERLAP, chunk_file
+from indexer.chunk import MAX_CHUNK_CHARS, MAX_CHUNK_LINES, WINDOW_LINES, WINDOW_OVERLAP, chunk_file
 from indexer.languages import detect_language
 from indexer.scan import IgnoreRules, scan
 
@@ -107,3 +107,13 @@ def test_scan_does_not_follow_directory_symlinks_or_loops(tmp_path: Path) -> Non
     assert reasons["self_loop"] == "symlink loop"
     assert reasons["alias"] == "symlink to a directory (not followed)"
     assert reasons["dangling"] == "vanished or dangling symlink"
+
+
+@pytest.mark.timeout(10)
+def test_lines_longer_than_the_chunk_limit_become_one_chunk_each() -> None:
+    # Minified code: every line alone is over the character budget of a chunk.
+    long_line = "x = [" + "1, " * (MAX_CHUNK_CHARS // 2) + "]\n"
+    text = long_line * 3
+    chunks = chunk_file("min.txt", text, "text")
+    assert [(c.start_line, c.end_line) for c in chunks] == [(1, 1), (2, 2), (3, 3)]
+    assert "".join(c.text for c in chunks) == text
