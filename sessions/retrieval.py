@@ -30,13 +30,25 @@ class Retriever:
 
     def __init__(self) -> None:
         self._indexes: dict[str, Any] = {}
+        self._tokenized: set[tuple[str, str]] = set()  # (repo, tokenizer identity) made into blobs
 
     def _index(self, repo: str) -> Any:
         if repo not in self._indexes:
-            from indexer import Index  # imported here: sessions without RAG never load the indexer
+            # Imported here: sessions without RAG never load the indexer or the embedding model.
+            from indexer import Index
+            from indexer.index import shared_encoder
 
-            self._indexes[repo] = Index.open(repo)
+            self._indexes[repo] = Index.open(repo, encoder=shared_encoder())
         return self._indexes[repo]
+
+    def _prepare(self, repo: str, index: Any, tokenizer: Any) -> None:
+        """Bring the index up to date (hashes only, when nothing changed) and make sure every chunk
+        has token ids for this model's tokenizer, once per process."""
+        index.update()
+        key = (repo, str(getattr(tokenizer, "identity", id(tokenizer))))
+        if key not in self._tokenized:
+            index.use_tokenizer(tokenizer)
+            self._tokenized.add(key)
 
     def retrieve(self, repo: str, query: str, tokenizer: Any, k: int, budget: int) -> Retrieved:
         """The top-`k` hits for `query` whose tokens (with their headers) fit in `budget`."""
@@ -44,6 +56,7 @@ class Retriever:
             index = self._index(repo)
             if index.store.counts()[1] == 0:  # nothing indexed: do not load the embedding model for nothing
                 return Retrieved(skipped=f"{repo} is not indexed (run `workbench index` there)")
+            self._prepare(repo, index, tokenizer)
             hits = index.search(query, k=k)
         except Exception as exc:  # no index yet, no embedding model, Redis trouble: answer without RAG
             reason = f"{type(exc).__name__}: {exc}"

@@ -183,7 +183,11 @@ def test_sigkill_mid_generation_leaves_a_readable_session(redis_client: redis.Re
     sid = child.stdout.readline().decode().strip()
     log_path = Path(os.environ["WORKBENCH_HOME"]) / "sessions" / f"{sid}.jsonl"
     deadline = time.monotonic() + 30
-    while b'"t":"partial"' not in log_path.read_bytes() and time.monotonic() < deadline:
+    # Kill once a partial record is wholly on disk (a torn last line is skipped, by design).
+    while time.monotonic() < deadline:
+        data = log_path.read_bytes() if log_path.exists() else b""
+        if b'"t":"partial"' in data and data.endswith(b"\n"):
+            break
         time.sleep(0.01)
     child.send_signal(signal.SIGKILL)
     child.wait(10)

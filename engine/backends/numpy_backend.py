@@ -174,17 +174,25 @@ def sdpa(q: np.ndarray, k: np.ndarray, v: np.ndarray, scale: float, causal_offse
     g = h // hkv
     qg = np.multiply(q, np.float32(scale)).reshape(hkv, g, t, d)  # scale on q: smaller than on scores
     rows = max(16, min(ATTENTION_ROWS, SCORES_BUDGET_BYTES // (4 * h * s)))
-    if rows >= t:
-        return _attend(qg, k, v, causal_offset, s).reshape(h, t, d)
     out = np.empty((hkv, g, t, d), dtype=np.float32)
+    head_blocks = _row_blocks(qg) if HEAD_THREADS else [slice(0, hkv)]
     for r0 in range(0, t, rows):
         r1 = min(t, r0 + rows)
         visible = min(s, causal_offset + r1)
-        out[:, :, r0:r1] = _attend(qg[:, :, r0:r1], k, v, causal_offset + r0, visible)
+
+        def work(heads: slice, r0: int = r0, r1: int = r1, visible: int = visible) -> None:
+            out[heads, :, r0:r1] = _attend(qg[heads, :, r0:r1], k[heads], v[heads], causal_offset + r0, visible,
+                                           len(head_blocks) == 1)
+
+        _parallel(work, head_blocks)
     return out.reshape(h, t, d)
 
 
-def _attend(qg: np.ndarray, k: np.ndarray, v: np.ndarray, causal_offset: int, visible: int) -> np.ndarray:
+HEAD_THREADS = True
+
+
+def _attend(qg: np.ndarray, k: np.ndarray, v: np.ndarray, causal_offset: int, visible: int,
+            threaded_softmax: bool = True) -> np.ndarray:
     """qg [Hkv, G, T, D] (already scaled) against the first `visible` keys -> [Hkv, G, T, D]."""
     hkv, g, t, d = qg.shape
     scores = np.matmul(qg.reshape(hkv, g * t, d), k[:, :visible].transpose(0, 2, 1))  # [Hkv, G*T, S]
@@ -193,7 +201,7 @@ def _attend(qg: np.ndarray, k: np.ndarray, v: np.ndarray, causal_offset: int, vi
         future = np.arange(first_maskable, visible)[None, :] > (causal_offset + np.arange(t))[:, None]
         block = scores.reshape(hkv, g, t, visible)[..., first_maskable:]
         block += np.where(future, np.float32(-np.inf), np.float32(0.0))
-    sums = _exp_rows_in_place(scores)
+    sums = _exp_rows_in_place(scores) if threaded_softmax else _exp_rows(scores)
     out = np.matmul(scores, v[:, :visible])  # [Hkv, G*T, D]; normalised here, not over [.., S]
     out /= sums
     return out.reshape(hkv, g, t, d)
