@@ -50,11 +50,13 @@ Notes.
   sessions and the indexer; smaller blocks mean more files, index rows and keys (128 per 8k history at 64,
   512 at 16). 64 balances these; `WORKBENCH_KV_BLOCK_SIZE` overrides it.
 - Where resume time goes: every restored position is written into a new KV cache (float32, 224 KiB per
-  token for this model, whatever the block dtype). On this VM freshly allocated memory is slow to fault in
-  ("fresh memory first write" below), and the engine's KVCache grows by doubling while blocks arrive, so
-  the cache fill, not the tier read, dominates at 4k-8k: int8 blocks (a quarter of the bytes) restore no
-  faster than float32 ones. BlockStore calls `cache.reserve(n)` when the cache offers it (one allocation
-  instead of doublings; not in engine/cache.py yet).
+  token for this model, whatever the block dtype), which the engine's KVCache grows by doubling while
+  blocks arrive. Up to 2k tokens the restore runs near the tier's speed; at 4k-8k (0.9-1.9 GB of cache)
+  the cache fill dominates, and it is very sensitive to what else holds memory on this 2-core VM (this
+  benchmark keeps the 8k source cache and the fp32 weights, ~4.3 GB, alive beside it; runs under heavier
+  load took 2-4x longer). So restore throughput stays well under the raw tier throughput, and lossy dtypes
+  gain less than their byte savings. BlockStore calls `cache.reserve(n)` when the cache offers it (one
+  allocation instead of doublings); engine/cache.py does not have it yet.
 - int8 on the tiny test fixture (tests/test_kv_int8.py, 200-token history, 256 greedy tokens): float16 blocks
   agree on all 256 tokens, max logit error 0.0028 (0.06% of the largest logit); int8 blocks diverge first at
   token 142, agree on 99.6% of teacher-forced steps, max logit error 0.041 (0.94%).
@@ -204,6 +206,13 @@ def render(r: dict, limits: dict) -> str:
                 f"| {s['disk']['resume'][n]['ttft_s']:.3f} s | {s['redis']['resume'][n]['ttft_s']:.3f} s "
                 f"| {s['disk']['save_s']:.2f} s | {s['redis']['save_s']:.2f} s |"
             )
+    if r.get("other_runs"):
+        lines += [
+            "",
+            "The same benchmark in earlier runs of this session (cold / resume ratios vary with load):",
+            "",
+        ]
+        lines += [f"- {line}" for line in r["other_runs"]]
     lines += ["", NOTES.rstrip("\n")]
     if r["quality"]:
         lines += ["", "Lossy block dtypes on this model (history 512, greedy from the restored cache):", "",

@@ -117,7 +117,7 @@ class WeightReader:
                         f"{self.checkpoint.file_of(name)}: quantized tensor {name!r} is {info.dtype} "
                         f"{list(info.shape)}, expected U32 {list(shape)} ({bits}-bit of [{out_f}, {in_f}])"
                     )
-                return parts["weight"], parts["scales"], parts["biases"]
+        return parts["weight"], parts["scales"], parts["biases"]
 
     def _release(self, prefix: str) -> None:
         for kind in ("weight", "scales", "biases", "bias"):

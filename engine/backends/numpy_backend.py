@@ -77,10 +77,12 @@ def embedding(table: np.ndarray, ids: Any) -> np.ndarray:
 
 
 def rms_norm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
-    # Same order of operations as HF's Qwen/Llama RMSNorm in float32.
-    variance = np.mean(np.square(x), axis=-1, keepdims=True)
-    variance += eps
-    y = x * (1.0 / np.sqrt(variance))
+    # Same operations as HF's Qwen/Llama RMSNorm in float32 (np.add.reduce: np.mean's Python wrapper
+    # is a visible cost at four norms per layer per decode step).
+    variance = np.add.reduce(np.square(x), axis=-1, keepdims=True)
+    variance *= np.float32(1.0 / x.shape[-1])
+    variance += np.float32(eps)
+    y = x * (np.float32(1.0) / np.sqrt(variance))
     y *= w
     return y
 
@@ -158,7 +160,7 @@ def rope(x: np.ndarray, offset: int, inv_freq: np.ndarray) -> np.ndarray:
 
 SCORES_BUDGET_BYTES = 128 << 20  # attention scores held at once; bigger prefills go in row blocks
 ATTENTION_ROWS = 512  # query rows per block: big enough for efficient matmuls, small enough to skip
-# most of the causally masked keys
+# most of the causally masked keys (measured: 256 and 1024 are slower at 2048 tokens)
 
 
 def sdpa(q: np.ndarray, k: np.ndarray, v: np.ndarray, scale: float, causal_offset: int) -> np.ndarray:
@@ -173,41 +175,55 @@ def sdpa(q: np.ndarray, k: np.ndarray, v: np.ndarray, scale: float, causal_offse
     hkv, s, _ = k.shape
     g = h // hkv
     qg = np.multiply(q, np.float32(scale)).reshape(hkv, g, t, d)  # scale on q: smaller than on scores
+    if t == 1 and causal_offset + 1 == s:  # decode: one query sees every key, no mask, no blocks
+        scores = np.matmul(qg.reshape(hkv, g, d), k.transpose(0, 2, 1))  # [Hkv, G, S]
+        scores -= scores.max(axis=-1, keepdims=True)
+        np.exp(scores, out=scores)
+        out = np.matmul(scores, v)  # [Hkv, G, D]
+        out /= scores.sum(axis=-1, keepdims=True)
+        return out.reshape(h, 1, d)
     rows = max(16, min(ATTENTION_ROWS, SCORES_BUDGET_BYTES // (4 * h * s)))
+    if rows >= t:
+        return _attend(qg, k, v, causal_offset, s).reshape(h, t, d)
     out = np.empty((hkv, g, t, d), dtype=np.float32)
-    head_blocks = _row_blocks(qg) if HEAD_THREADS else [slice(0, hkv)]
     for r0 in range(0, t, rows):
         r1 = min(t, r0 + rows)
         visible = min(s, causal_offset + r1)
-
-        def work(heads: slice, r0: int = r0, r1: int = r1, visible: int = visible) -> None:
-            out[heads, :, r0:r1] = _attend(qg[heads, :, r0:r1], k[heads], v[heads], causal_offset + r0, visible,
-                                           len(head_blocks) == 1)
-
-        _parallel(work, head_blocks)
+        out[:, :, r0:r1] = _attend(qg[:, :, r0:r1], k, v, causal_offset + r0, visible)
     return out.reshape(h, t, d)
 
 
-HEAD_THREADS = True
+def _attend(qg: np.ndarray, k: np.ndarray, v: np.ndarray, causal_offset: int, visible: int) -> np.ndarray:
+    """qg [Hkv, G, T, D] (already scaled) against the first `visible` keys -> [Hkv, G, T, D].
 
-
-def _attend(qg: np.ndarray, k: np.ndarray, v: np.ndarray, causal_offset: int, visible: int,
-            threaded_softmax: bool = True) -> np.ndarray:
-    """qg [Hkv, G, T, D] (already scaled) against the first `visible` keys -> [Hkv, G, T, D]."""
+    Scores are computed keys-major, k @ q.T -> [Hkv, S, G*T]: OpenBLAS runs that product faster than
+    q @ k.T (measured 5-25% faster prefill at 2048 tokens), and the softmax then reduces over axis 1.
+    The normalisation divides the [.., D] output instead of the [.., S] probabilities.
+    """
     hkv, g, t, d = qg.shape
-    scores = np.matmul(qg.reshape(hkv, g * t, d), k[:, :visible].transpose(0, 2, 1))  # [Hkv, G*T, S]
+    scores = np.matmul(k[:, :visible], qg.reshape(hkv, g * t, d).transpose(0, 2, 1))  # [Hkv, S, G*T]
     first_maskable = causal_offset + 1
-    if first_maskable < visible:  # only these columns hold keys in some row's future
-        future = np.arange(first_maskable, visible)[None, :] > (causal_offset + np.arange(t))[:, None]
-        block = scores.reshape(hkv, g, t, visible)[..., first_maskable:]
-        block += np.where(future, np.float32(-np.inf), np.float32(0.0))
-    sums = _exp_rows_in_place(scores) if threaded_softmax else _exp_rows(scores)
-    out = np.matmul(scores, v[:, :visible])  # [Hkv, G*T, D]; normalised here, not over [.., S]
+    if first_maskable < visible:  # only these keys lie in some query's future
+        future = (
+            np.arange(first_maskable, visible)[:, None] > (causal_offset + np.arange(t))[None, :]
+        )  # [S', T]
+        block = scores.reshape(hkv, visible, g, t)[:, first_maskable:]
+        block += np.where(future, np.float32(-np.inf), np.float32(0.0))[:, None, :]
+    sums = np.concatenate(_parallel(lambda heads: _exp_over_keys(scores[heads]), _row_blocks(scores)))
+    out = np.matmul(scores.transpose(0, 2, 1), v[:, :visible])  # [Hkv, G*T, D]
     out /= sums
     return out.reshape(hkv, g, t, d)
 
 
+def _exp_over_keys(scores: np.ndarray) -> np.ndarray:
+    """scores [Hkv, S, R] <- exp(scores - max over S); returns the sums over S as [Hkv, R, 1]."""
+    scores -= scores.max(axis=1, keepdims=True)
+    np.exp(scores, out=scores)
+    return scores.sum(axis=1)[..., None]
+
+
 _pool: ThreadPoolExecutor | None = None
+_WORKERS = min(4, os.cpu_count() or 1)
 PARALLEL_MIN_ELEMENTS = 1 << 19  # below this, a thread hand-off costs more than it saves
 
 
@@ -216,11 +232,10 @@ def _row_blocks(x: np.ndarray) -> list[slice]:
 
     numpy runs ufuncs on one core but releases the GIL inside their loops, so threads give the
     elementwise parts of prefill (softmax, SwiGLU, rope) the cores BLAS uses for the matmuls."""
-    workers = min(4, os.cpu_count() or 1)
     n = x.shape[0]
-    if x.size < PARALLEL_MIN_ELEMENTS or workers < 2 or n < 2:
+    if x.size < PARALLEL_MIN_ELEMENTS or _WORKERS < 2 or n < 2:
         return [slice(0, n)]
-    step = -(-n // workers)
+    step = -(-n // _WORKERS)
     return [slice(i, min(n, i + step)) for i in range(0, n, step)]
 
 
@@ -229,23 +244,8 @@ def _parallel(fn: Callable[[slice], Any], blocks: list[slice]) -> list[Any]:
     if len(blocks) == 1:
         return [fn(blocks[0])]
     if _pool is None:
-        _pool = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1), thread_name_prefix="numpy-ops")
+        _pool = ThreadPoolExecutor(max_workers=_WORKERS, thread_name_prefix="numpy-ops")
     return list(_pool.map(fn, blocks))
-
-
-def _exp_rows_in_place(x: np.ndarray) -> np.ndarray:
-    """x <- exp(x - rowmax(x)) over the last axis; returns the row sums [..., 1]."""
-    if not x.flags.c_contiguous:  # reshape would copy, and the exp must land in x itself
-        return _exp_rows(x)
-    rows = x.reshape(-1, x.shape[-1])
-    sums = np.concatenate(_parallel(lambda block: _exp_rows(rows[block]), _row_blocks(rows)))
-    return sums.reshape(*x.shape[:-1], 1)
-
-
-def _exp_rows(x: np.ndarray) -> np.ndarray:
-    x -= np.max(x, axis=-1, keepdims=True)
-    np.exp(x, out=x)
-    return np.sum(x, axis=-1, keepdims=True)
 
 
 def empty(shape: tuple[int, ...], dtype: str | None = None) -> np.ndarray:
