@@ -37,7 +37,7 @@ test: setup
 	WORKBENCH_REDIS_SERVER=$$(cat $(REDIS)) $(BIN)/pytest
 
 bench: setup
-	WORKBENCH_REDIS_SERVER=$$(cat $(REDIS)) $(BIN)/python -m bench.all
+	WORKBENCH_REDIS_SERVER=$$(cat $(REDIS)) $(BIN)/python -m bench.all $(if $(QUICK),--quick)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

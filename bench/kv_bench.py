@@ -206,6 +206,7 @@ def render(r: dict, limits: dict) -> str:
                 f"| {s['disk']['resume'][n]['ttft_s']:.3f} s | {s['redis']['resume'][n]['ttft_s']:.3f} s "
                 f"| {s['disk']['save_s']:.2f} s | {s['redis']['save_s']:.2f} s |"
             )
+    lines += ["", "Targets of issue 4 in this run: " + targets(r)]
     if r.get("other_runs"):
         lines += [
             "",
@@ -228,6 +229,21 @@ def render(r: dict, limits: dict) -> str:
     lines += ["", f"Load average (2 cores, shared): {load['cold_prefill']:.1f} during the cold "
               f"prefill, {load['end']:.1f} at the end.", "", machine.limits_table(limits), ""]  # fmt: skip
     return "\n".join(lines)
+
+
+def targets(r: dict) -> str:
+    """The issue's targets, each with the value this run measured and whether it was met."""
+    fp, cold, out = r["tiers"]["float32"], r["cold"], []
+    checks = [(2048, "disk", 60), (2048, "redis", 60), (8192, "disk", 100), (8192, "redis", 30)]
+    for n, tier, goal in checks:
+        if n in cold:
+            x = cold[n] / fp[tier]["resume"][n]["ttft_s"]
+            out.append(f"resume {n} from {tier} >= {goal}x: {x:.0f}x ({'met' if x >= goal else 'NOT met'})")
+    for tier in ("disk", "redis"):
+        t = fp[tier]
+        share = t["resume"][max(cold)]["gbs"] / t["raw_gbs"]
+        out.append(f"{tier} restore >= 50% of raw: {share:.0%} ({'met' if share >= 0.5 else 'NOT met'})")
+    return "; ".join(out) + "."
 
 
 def write_section(section: str) -> None:
