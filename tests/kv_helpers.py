@@ -6,8 +6,10 @@ history from the stores of the environment it inherits (WORKBENCH_HOME, REDIS_UR
 
 from __future__ import annotations
 
+import atexit
 import functools
 import json
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -27,6 +29,7 @@ def tiny_model_dir(seed: int) -> Path:
         "qwen3", "qwen3", "v5", tied=False, sizes={**_SMALL, "max_position_embeddings": MAX_POSITIONS}
     )
     root = Path(tempfile.mkdtemp(prefix="wb-kv-models-"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
     return build_spec(f"qwen3_kv_seed{seed}", spec, root, seed).path
 
 
