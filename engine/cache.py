@@ -57,6 +57,12 @@ class KVCache:
             values[:, :length] = self.values[layer][:, :length]
         self.keys[layer], self.values[layer] = keys, values
 
+    def reserve(self, n: int) -> None:
+        """Room for `n` positions in every layer in one allocation: a restore knows its size up front,
+        and growing by doubling while blocks arrive would copy and fault in memory several times."""
+        for layer in range(self.n_layers):
+            self._reserve(layer, n)
+
     def update_and_fetch(self, layer: int, k: Any, v: Any) -> tuple[Any, Any]:
         """Append k, v [n_kv_heads, T, head_dim] to `layer`; return all of its keys and values so far."""
         start = self.lengths[layer]
