@@ -23,8 +23,8 @@ from engine.detok import ANSWER, REASONING, ReasoningSplitter, StreamingDetokeni
 from engine.errors import ContextLengthError, EngineError
 from engine.sampling import SamplingParams, make_sampler
 
-# Prefill in chunks so that cancellation is noticed between chunks and attention scores stay small.
-PREFILL_CHUNK = 512
+# Prefill in the model's own chunks (sized by measurement in engine/model.py), so that cancellation
+# is noticed between chunks and attention scores stay small.
 
 
 @dataclass
@@ -159,7 +159,7 @@ def generate(
     while logits is None or pos < prompt_tokens:
         if cancelled():
             break
-        end = min(pos + PREFILL_CHUNK, prompt_tokens)
+        end = min(pos + model.prefill_chunk, prompt_tokens)
         logits = model.forward(list(prompt_ids[pos:end]), cache)
         pos = end
     prefill_s = time.perf_counter() - t0

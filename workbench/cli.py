@@ -12,6 +12,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from workbench import headless
 from workbench.errors import UsageError, WorkbenchError
 
 COMMAND_MODULES = [
@@ -41,19 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(title="commands", metavar="COMMAND", parser_class=_Parser)
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
-    headless = _headless_module()
-    if headless is not None:
-        headless.add_arguments(parser)
+    headless.add_arguments(parser)
     return parser
-
-
-def _headless_module():  # noqa: ANN202 - a module or None
-    try:
-        return importlib.import_module("workbench.headless")
-    except ModuleNotFoundError as exc:
-        if exc.name != "workbench.headless":
-            raise
-        return None
 
 
 def _engine_exit_code(exc: Exception) -> int | None:
@@ -75,8 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         if args.func is not None:
             return int(args.func(args))
-        headless = _headless_module()
-        if headless is not None and headless.wants_headless(args):
+        if headless.wants_headless(args):
             return int(headless.run(args))
         from workbench.cmd_doctor import welcome
 
