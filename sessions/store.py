@@ -257,16 +257,18 @@ class SessionStore:
         return self.load(session_id)
 
     def load(self, session_id: str, stop_after: int | None = None) -> Session:
-        """The session with its messages: from the Redis log, or the disk log if Redis lacks it (or
-        holds only records written after a FLUSHALL, without the header)."""
-        lines = self.r.lrange(log_key(session_id), 0, -1)
-        where = f"redis {log_key(session_id)}"
-        session = replay(parse_lines(lines, where), where, stop_after) if lines else None
+        """The session with its messages: from the disk log, the source of truth, when this machine has
+        it (it is ahead of Redis whenever a writer died between its disk append and its Redis push),
+        else from the Redis log (a session written on another machine that shares this Redis)."""
         path = self.file(session_id).path
-        if session is None and path.exists():
+        if path.exists():
             session = self.file(session_id).load(stop_after)
             if session is None:
                 raise NotFound(f"session {session_id}: its log has no readable session header ({path})")
+            return session
+        lines = self.r.lrange(log_key(session_id), 0, -1)
+        where = f"redis {log_key(session_id)}"
+        session = replay(parse_lines(lines, where), where, stop_after) if lines else None
         if session is None:
             raise NotFound(f"no session {session_id} (see `workbench sessions list`)")
         return session
