@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from bench import machine
+from bench.report import write_section
 
 # Qwen3-0.6B (config.json of Qwen/Qwen3-0.6B), tied embeddings.
 QWEN3_06B = {
@@ -327,21 +328,6 @@ def render(results: dict, limits: dict, params: int, args: argparse.Namespace) -
         "",
     ]
     return "\n".join(lines)
-
-
-def write_section(section: str) -> None:
-    text = BENCH_DOC.read_text() if BENCH_DOC.exists() else "# Benchmarks\n"
-    lines = text.splitlines()
-    start = next((i for i, line in enumerate(lines) if line.strip() == "## Engine"), None)
-    if start is None:
-        new = text.rstrip("\n") + "\n\n" + section
-    else:
-        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
-        new = (
-            "\n".join([*lines[:start], *section.rstrip("\n").splitlines(), "", *lines[end:]]).rstrip("\n")
-            + "\n"
-        )
-    BENCH_DOC.write_text(new if new.endswith("\n") else new + "\n")
 
 
 def run_worker(argv: list[str]) -> None:

@@ -19,13 +19,13 @@ from pathlib import Path
 import numpy as np
 
 from bench import machine
+from bench.report import write_section
 
 QWEN3_VOCAB = 151_936
 # Qwen3-0.6B's matmul weights per decode step: 28 layers x (q 1024x2048, k,v 1024x1024, o 2048x1024,
 # gate/up/down 1024x3072) + the tied lm_head 151936x1024, in float32 on the numpy backend.
 QWEN3_STEP_BYTES = 4 * (28 * (1024 * 2048 * 2 + 1024 * 1024 * 2 + 3 * 1024 * 3072) + QWEN3_VOCAB * 1024)
 HEADING = "## Generation"
-BENCH_DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 
 
 def per_call_us(fn: Callable[[], object], n: int) -> float:
@@ -227,22 +227,6 @@ def render(sampling: list, detok: dict, loop: dict, chat_times: dict, limits: di
         "",
     ]
     return "\n".join(lines)
-
-
-def write_section(section: str) -> None:
-    """Replace (or append) this benchmark's `## ` section of docs/benchmarks.md, keeping the others."""
-    text = BENCH_DOC.read_text() if BENCH_DOC.exists() else "# Benchmarks\n"
-    lines = text.splitlines()
-    start = next((i for i, line in enumerate(lines) if line.strip() == HEADING), None)
-    if start is None:
-        new = text.rstrip("\n") + "\n\n" + section.rstrip("\n") + "\n"
-    else:
-        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
-        new = (
-            "\n".join([*lines[:start], *section.rstrip("\n").splitlines(), "", *lines[end:]]).rstrip("\n")
-            + "\n"
-        )
-    BENCH_DOC.write_text(new)
 
 
 def main() -> None:

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from bench import machine
+from bench.report import write_section
 
 ROOT = Path(__file__).resolve().parent.parent
 HEADING = "## Headless CLI"
@@ -29,7 +30,6 @@ FIRST_PROMPT = " ".join(
     ["Explain how the parser reads a config file and reports the line of each error."] * 6
 )
 SESSIONS = 300  # sessions added before timing `sessions list` and `sessions search`
-BENCH_DOC = ROOT / "docs" / "benchmarks.md"
 
 
 def best_wall(cmd: list[str], env: dict[str, str], n: int) -> float:
@@ -172,20 +172,6 @@ def measure(env: dict[str, str], model: str, root: Path, n: int) -> str:
         machine.limits_table(limits),
     ]
     return "\n".join(lines) + "\n"
-
-
-def write_section(section: str) -> None:
-    """Replace (or append) this benchmark's `## ` section of docs/benchmarks.md, keeping the others."""
-    text = BENCH_DOC.read_text() if BENCH_DOC.exists() else "# Benchmarks\n"
-    lines = text.splitlines()
-    start = next((i for i, line in enumerate(lines) if line.strip() == HEADING), None)
-    if start is None:
-        new = text.rstrip("\n") + "\n\n" + section.rstrip("\n") + "\n"
-    else:
-        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
-        kept = [*lines[:start], *section.rstrip("\n").splitlines(), "", *lines[end:]]
-        new = "\n".join(kept).rstrip("\n") + "\n"
-    BENCH_DOC.write_text(new)
 
 
 def main() -> None:

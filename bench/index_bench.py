@@ -29,13 +29,13 @@ from pathlib import Path
 import numpy as np
 import redis
 
+from bench.report import write_section
 from indexer import Index, search
 from indexer.embed import Encoder
 from indexer.index import shared_encoder
 from indexer.watch import Watcher
 
 SITE = Path(sys.prefix) / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
-DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 
 
 NOTES = [
@@ -359,17 +359,6 @@ def run(args: argparse.Namespace) -> str:
         "",
     ]
     return "\n".join(lines)
-
-
-def write_section(section: str) -> None:
-    text = DOC.read_text(encoding="utf-8") if DOC.exists() else "# Benchmarks\n"
-    start = text.find("\n## Index\n")
-    if start >= 0:
-        end = text.find("\n## ", start + 1)
-        text = text[: start + 1] + section + (text[end + 1 :] if end >= 0 else "")
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    DOC.write_text(text, encoding="utf-8")
 
 
 def main(argv: list[str] | None = None) -> None:

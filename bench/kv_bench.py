@@ -32,6 +32,7 @@ import redis
 from bench import machine
 from bench.engine_bench import QWEN3_06B, prompt_ids, write_random_checkpoint
 from bench.kv_quality import dtype_agreement
+from bench.report import write_section
 from engine.blocks import DEFAULT_BLOCK_SIZE, BlockStore
 from engine.blocktiers import DiskTier
 from sessions.kv_redis import BLOCK_PREFIX, RedisTier
@@ -244,18 +245,6 @@ def targets(r: dict) -> str:
         share = t["resume"][max(cold)]["gbs"] / t["raw_gbs"]
         out.append(f"{tier} restore >= 50% of raw: {share:.0%} ({'met' if share >= 0.5 else 'NOT met'})")
     return "; ".join(out) + "."
-
-
-def write_section(section: str) -> None:
-    text = BENCH_DOC.read_text() if BENCH_DOC.exists() else "# Benchmarks\n"
-    lines = text.splitlines()
-    start = next((i for i, line in enumerate(lines) if line.strip() == HEADING), None)
-    if start is None:
-        new = text.rstrip("\n") + "\n\n" + section
-    else:
-        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
-        new = "\n".join([*lines[:start], *section.rstrip("\n").splitlines(), "", *lines[end:]])
-    BENCH_DOC.write_text(new.rstrip("\n") + "\n")
 
 
 def _int_keys(x: Any) -> Any:

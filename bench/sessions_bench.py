@@ -27,6 +27,7 @@ import redis
 
 from bench import machine
 from bench.kv_bench import start_redis
+from bench.report import write_section
 from sessions import ids
 from sessions.log import encode, header_record, message_record
 from sessions.model import Message, Session
@@ -34,7 +35,6 @@ from sessions.search import terms
 from sessions.store import SessionStore
 
 ROOT = Path(__file__).resolve().parent.parent
-BENCH_DOC = ROOT / "docs" / "benchmarks.md"
 HEADING = "## Sessions"
 QUERIES = [
     "parse_config",
@@ -186,14 +186,7 @@ def report(rows: list[dict[str, float]], raw: dict[str, float], limits_md: str) 
 
 
 def update_doc(section: str) -> None:
-    text = BENCH_DOC.read_text() if BENCH_DOC.exists() else "# Benchmarks\n\n"
-    if HEADING in text:
-        start = text.index(HEADING)
-        nxt = text.find("\n## ", start + len(HEADING))
-        text = text[:start] + section + (text[nxt + 1 :] if nxt >= 0 else "")
-    else:
-        text = text.rstrip() + "\n\n" + section
-    BENCH_DOC.write_text(text)
+    write_section(section)
 
 
 def main() -> None:

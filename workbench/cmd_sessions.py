@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from workbench.argtypes import whole_number
 from workbench.errors import UsageError
 
 if TYPE_CHECKING:
@@ -67,14 +68,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     rename.set_defaults(func=run_rename)
 
 
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text} must be at least 1")
-    return value
+_count = whole_number(1)
 
 
 def _service() -> SessionService:

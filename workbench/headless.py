@@ -17,6 +17,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
+from workbench.argtypes import number_in, whole_number
 from workbench.errors import UsageError, WorkbenchError
 from workbench.output import FORMATS, Writer, make_writer
 
@@ -29,44 +30,10 @@ INTERRUPTED = 130
 # -- arguments ---------------------------------------------------------------------------------------
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text} must be at least 1")
-    return value
-
-
-def _seed(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text} must be 0 or more")
-    return value
-
-
-def _temperature(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0.0 <= value <= 100.0:
-        raise argparse.ArgumentTypeError(f"{text} is outside 0..100 (0 is greedy)")
-    return value
-
-
-def _top_p(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0.0 < value <= 1.0:
-        raise argparse.ArgumentTypeError(f"{text} is outside (0, 1]")
-    return value
+_positive_int = whole_number(1)
+_seed = whole_number(0)
+_temperature = number_in(0.0, 100.0, note=" (0 is greedy)")
+_top_p = number_in(0.0, 1.0, low_open=True)
 
 
 def add_turn_options(parser: argparse.ArgumentParser, suppress: bool = False) -> None:
