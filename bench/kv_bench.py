@@ -51,13 +51,15 @@ Notes.
   sessions and the indexer; smaller blocks mean more files, index rows and keys (128 per 8k history at 64,
   512 at 16). 64 balances these; `WORKBENCH_KV_BLOCK_SIZE` overrides it.
 - Where resume time goes: every restored position is written into a new KV cache (float32, 224 KiB per
-  token for this model, whatever the block dtype), which the engine's KVCache grows by doubling while
-  blocks arrive. Up to 2k tokens the restore runs near the tier's speed; at 4k-8k (0.9-1.9 GB of cache)
+  token for this model, whatever the block dtype), reserved in one allocation (`KVCache.reserve`).
+  Up to 2k tokens the restore runs near the tier's speed; at 4k-8k (0.9-1.9 GB of cache)
   the cache fill dominates, and it is very sensitive to what else holds memory on this 2-core VM (this
   benchmark keeps the 8k source cache and the fp32 weights, ~4.3 GB, alive beside it; runs under heavier
   load took 2-4x longer). So restore throughput stays well under the raw tier throughput, and lossy dtypes
-  gain less than their byte savings. BlockStore calls `cache.reserve(n)` when the cache offers it (one
-  allocation instead of doublings); engine/cache.py does not have it yet.
+  gain less than their byte savings. The numpy backend keeps one malloc arena: the reader threads'
+  own arenas (64 MiB heaps) kept mapping fresh memory for 14 MiB float32 blocks, 3-6x slower at 2k.
+  float16 blocks (half the bytes, logits within 4e-4) restore 8k tokens 88x faster than cold prefill
+  from disk and 54x from Redis in this run; float32 at 4k-8k is still bound by the cache fill.
 - int8 on the tiny test fixture (tests/test_kv_int8.py, 200-token history, 256 greedy tokens): float16 blocks
   agree on all 256 tokens, max logit error 0.0028 (0.06% of the largest logit); int8 blocks diverge first at
   token 142, agree on 99.6% of teacher-forced steps, max logit error 0.041 (0.94%).
