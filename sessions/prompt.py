@@ -67,11 +67,14 @@ def build_prompt(
     messages: Sequence[Message],
     thinking: bool,
     chunk_ids: Callable[[dict[str, Any]], list[int]] | None = None,
+    history: Sequence[int] | None = None,
 ) -> Prompt:
     """Token ids of the whole conversation plus the generation prompt.
 
     `chunk_ids(chunk)` gives a retrieved chunk's token ids (pre-tokenized); by default its text is
-    tokenized, which gives the same ids for text the indexer tokenized the same way.
+    tokenized, which gives the same ids for text the indexer tokenized the same way. `history`: the
+    tokens the model saw and produced up to the end of the previous reply; when the previous turn can
+    be continued from them (see `_continuation`), the prompt extends them instead of re-rendering.
     """
     ids_of = chunk_ids or (lambda c: tokenizer.encode(c["text"]))
     rendered = tokenizer.render_chat(
@@ -79,6 +82,18 @@ def build_prompt(
         add_generation_prompt=True,
         enable_thinking=thinking,
     )
+    token_ids, text_parts = _encode_spliced(tokenizer, rendered, messages, ids_of)
+    if history:
+        continued = _continuation(tokenizer, rendered, messages, ids_of, token_ids, history)
+        if continued is not None:
+            return continued
+    return Prompt(token_ids, "".join(text_parts))
+
+
+def _encode_spliced(
+    tokenizer: Any, rendered: str, messages: Sequence[Message], ids_of: Callable[[dict[str, Any]], list[int]]
+) -> tuple[list[int], list[str]]:
+    """Tokenize rendered template text, splicing each marked context block's pre-tokenized ids."""
     token_ids: list[int] = []
     text_parts: list[str] = []
     rest = rendered
@@ -90,4 +105,52 @@ def build_prompt(
         text_parts += [before, context_text(chunks)]
     token_ids += tokenizer.encode(rest)
     text_parts.append(rest)
-    return Prompt(token_ids, "".join(text_parts))
+    return token_ids, text_parts
+
+
+def _continuation(
+    tokenizer: Any,
+    rendered: str,
+    messages: Sequence[Message],
+    ids_of: Callable[[dict[str, Any]], list[int]],
+    canonical: list[int],
+    history: Sequence[int],
+) -> Prompt | None:
+    """The history the model really saw and produced, then the template's text after the previous reply.
+
+    Templates may re-render a past reply differently from how it was generated (Qwen3 drops the empty
+    think block of its generation prompt; BPE may split the reply's text differently from the sampled
+    tokens), which would throw away the previous reply's KV blocks every turn. Extending the history
+    keeps them. Only taken when it is provably the same conversation: the previous reply ended with
+    its end-of-turn token and has no reasoning, the canonical rendering agrees with the history up to
+    that reply, and the text that follows starts at an end-of-turn token (a clean token boundary) and
+    holds the new user message. Anything else falls back to the canonical rendering.
+    """
+    if len(messages) < 2:
+        return None
+    previous, new = messages[-2], messages[-1]
+    if previous.role != "assistant" or previous.status != "complete" or previous.finish_reason != "stop":
+        return None
+    if previous.reasoning or not previous.content or new.role != "user":
+        return None
+    at = rendered.rfind(previous.content)
+    if at < 0:
+        return None
+    suffix = rendered[at + len(previous.content) :]
+    if new.content not in suffix:
+        return None
+    suffix_ids, suffix_parts = _encode_spliced(tokenizer, suffix, messages, ids_of)
+    if not suffix_ids or suffix_ids[0] not in tokenizer.eos_token_ids:
+        return None
+    same = 0
+    for a, b in zip(history, canonical, strict=False):
+        if a != b:
+            break
+        same += 1
+    differing = tokenizer.decode(list(history[same:]))
+    if len(differing) > len(previous.content) + 64:
+        return None  # more than the previous reply differs: another system prompt, edited history
+    if not (differing.endswith(previous.content) or previous.content.endswith(differing)):
+        return None
+    text = tokenizer.decode(list(history)) + "".join(suffix_parts)
+    return Prompt([*history, *suffix_ids], text)

@@ -112,8 +112,10 @@ def _run(job: TurnJob) -> Result:
     def chunk_ids(chunk: dict[str, Any]) -> list[int]:
         return retrieved.chunk_ids(chunk) or tok.encode(chunk["text"])
 
+    # The history is only meaningful to the model (and tokenizer) that produced it.
+    history = s.history if s.history_fingerprint == model.fingerprint else None
     prompt_ids = build_prompt(
-        tok, settings.system_prompt, [*s.messages, user], settings.thinking, chunk_ids
+        tok, settings.system_prompt, [*s.messages, user], settings.thinking, chunk_ids, history
     ).token_ids
     room = model.context_length - len(prompt_ids)
     if room < 1:
