@@ -125,21 +125,11 @@ class JsonWriter:
             self.err.flush()
 
 
-class StreamJsonWriter:
-    """Every event on its own line as it happens, flushed; the result line ends the turn."""
-
-    def __init__(self, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> None:
-        self.out, self.err = out, err
+class StreamJsonWriter(JsonWriter):
+    """Every event on its own line as it happens, flushed; the result line (JsonWriter's) ends the turn."""
 
     def event(self, data: dict[str, Any]) -> None:
         _line(self.out, data)
-
-    def result(self, data: dict[str, Any]) -> None:
-        full = complete_result(data)
-        _line(self.out, full)
-        if full["is_error"]:
-            self.err.write(f"workbench: {full['error']}\n")
-            self.err.flush()
 
 
 def make_writer(fmt: str, out: TextIO | None = None, err: TextIO | None = None) -> Writer:
