@@ -41,6 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCH_DOC = ROOT / "docs" / "benchmarks.md"
 HEADING = "## KV blocks"
 CHUNK = 512
+RESUME_REPS = 2
 NOTES = """\
 Notes.
 - Block size: the default (64) is not the fastest in every run; the sweep above shows restore time barely
@@ -129,19 +130,27 @@ def raw_redis_gbs(client: redis.Redis, keys: list[str]) -> float:
 
 
 def resume(model: Any, store: BlockStore, ids: list[int], expect_logits: np.ndarray) -> dict:
+    """Best of RESUME_REPS restores, each from scratch (new cache, page cache dropped): the first
+    touch of memory this VM has never used costs several times more than the restore itself, and
+    that cost falls on whichever run comes first, not on resuming."""
     disk = next((t for t in store.tiers if isinstance(t, DiskTier)), None)
-    if disk is not None and not ARGS.keep_page_cache:
-        disk.drop_page_cache()
-    cache = model.make_cache()
-    res = store.restore(model, cache, ids)
-    if res.cached_tokens != len(ids) or res.last_logits is None:
-        raise RuntimeError(f"resume restored {res.cached_tokens} of {len(ids)} tokens")
+    best = None
+    for _ in range(RESUME_REPS):
+        if disk is not None and not ARGS.keep_page_cache:
+            disk.drop_page_cache()
+        cache = model.make_cache()
+        res = store.restore(model, cache, ids)
+        del cache
+        if res.cached_tokens != len(ids) or res.last_logits is None:
+            raise RuntimeError(f"resume restored {res.cached_tokens} of {len(ids)} tokens")
+        if best is None or res.restore_s < best.restore_s:
+            best = res
     return {
-        "ttft_s": res.restore_s,
-        "gbs": res.bytes_read / res.restore_s / 1e9,
-        "bytes": res.bytes_read,
-        "same_first_token": int(np.argmax(res.last_logits)) == int(np.argmax(expect_logits)),
-        "max_logit_err": float(np.abs(res.last_logits - expect_logits).max()),
+        "ttft_s": best.restore_s,
+        "gbs": best.bytes_read / best.restore_s / 1e9,
+        "bytes": best.bytes_read,
+        "same_first_token": int(np.argmax(best.last_logits)) == int(np.argmax(expect_logits)),
+        "max_logit_err": float(np.abs(best.last_logits - expect_logits).max()),
     }
 
 
@@ -174,7 +183,8 @@ def render(r: dict, limits: dict) -> str:
         "",
         "`python -m bench.kv_bench` on random weights in Qwen3-0.6B's shapes (28 layers, 8 KV heads x 128),",
         f"numpy backend (KV float32), block size {bs}. Resume = restore from ONE tier into a fresh cache, no",
-        "memory tier; disk with the block files dropped from the page cache (fadvise DONTNEED after fsync);",
+        "memory tier, best of 2; disk with the block files dropped from the page cache (fadvise DONTNEED",
+        "after fsync) before each run;",
         "Redis = private redis-server 8 on a unix socket. The tail record holds the last logits, so resume",
         "TTFT is the whole restore and no token is recomputed (first token identical, logits bit-equal).",
         "",

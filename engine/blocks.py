@@ -17,7 +17,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -198,27 +198,49 @@ class BlockStore:
         reserve = getattr(cache, "reserve", None)
         if run and reserve is not None:  # one allocation instead of doublings while blocks arrive
             reserve(cache.offset + len(run) * self.block_size + self.block_size)
-        for got, dropped in self._prefetched(model, run):
+        # A cache that takes writes from several threads is filled by the reader threads themselves
+        # (converting float16/int8 blocks on the way): the copy into the cache then runs beside the
+        # reads instead of after them on this thread. Its length grows block by block, in order, once
+        # each block is verified and written, so it never covers a block that is not there.
+        base, parallel = cache.offset, bool(getattr(cache, "parallel_writes", False))
+        for i, (got, dropped) in enumerate(self._prefetched(model, run, cache if parallel else None)):
             res.dropped += dropped
             if got is None:  # every copy of this block was bad: the run ends here
                 break
             ti, nbytes, block = got
-            self._extend(model, cache, block)
+            if parallel:
+                cache.commit(base + (i + 1) * self.block_size)
+            else:
+                self._extend(model, cache, block)
             self._account(res, ti, nbytes, block.n_tokens)
 
-    def _prefetched(self, model: Any, run: list[tuple[str, list[int]]]) -> Iterator[tuple]:
-        """Fetch and verify blocks on reader threads, a few ahead of the caller, in order."""
+    def _fetch_into(self, model: Any, key: str, holders: list[int], cache: Any, start: int) -> tuple:
+        got, dropped = self._fetch(model, key, KIND_BLOCK, holders)
+        if got is not None:
+            cache.write(start, got[2].k, got[2].v)
+        return got, dropped
+
+    def _prefetched(self, model: Any, run: list[tuple[str, list[int]]], fill: Any = None) -> Iterator[tuple]:
+        """Fetch and verify blocks on reader threads, a few ahead of the caller, in order; with `fill`
+        (a cache), the readers also write each block at its place in it."""
         futures: list[Future] = []
+        base = fill.offset if fill is not None else 0
         try:
             for i in range(len(run) + _LOOKAHEAD):
                 if i < len(run):
                     key, holders = run[i]
-                    futures.append(self._readers.submit(self._fetch, model, key, KIND_BLOCK, holders))
+                    if fill is None:
+                        futures.append(self._readers.submit(self._fetch, model, key, KIND_BLOCK, holders))
+                    else:
+                        at = base + i * self.block_size
+                        futures.append(self._readers.submit(self._fetch_into, model, key, holders, fill, at))
                 if i >= _LOOKAHEAD:
                     yield futures[i - _LOOKAHEAD].result()
         finally:
             for f in futures:
                 f.cancel()
+            # A reader still writing into the cache must be done before the caller prefills there.
+            wait(futures)
 
     def _load_tail(self, model: Any, cache: Any, key: str, end: int, total: int, res: RestoreResult) -> bool:
         got, dropped = self._fetch(model, key, KIND_TAIL, list(range(len(self.tiers))))

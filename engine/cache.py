@@ -97,6 +97,30 @@ class KVCache:
             )
         self.ops.eval(*self.keys, *self.values)
 
+    @property
+    def parallel_writes(self) -> bool:
+        """Whether `write` may run on several threads at once: numpy arrays are written in place."""
+        return self.ops.name == "numpy"
+
+    def write(self, start: int, k: np.ndarray, v: np.ndarray) -> None:
+        """Write positions [start, start + T) of every layer from `export`'s layout without changing the
+        cache's length (`commit` does): restore threads fill disjoint ranges of a reserved cache."""
+        end = start + k.shape[2]
+        expected = (self.n_layers, self.n_kv_heads, k.shape[2], self.head_dim)
+        if tuple(k.shape) != expected or tuple(v.shape) != expected:
+            raise ValueError(f"write expects k and v of shape {expected}, got {k.shape} and {v.shape}")
+        if any(self.capacity(layer) < end for layer in range(self.n_layers)):
+            raise ValueError(f"write of positions [{start}, {end}) beyond the reserved capacity")
+        for layer in range(self.n_layers):
+            self.keys[layer][:, start:end] = k[layer]
+            self.values[layer][:, start:end] = v[layer]
+
+    def commit(self, n: int) -> None:
+        """After `write`s: the cache holds positions [0, n) in every layer."""
+        if any(self.capacity(layer) < n for layer in range(self.n_layers)):
+            raise ValueError(f"cannot commit {n} positions: fewer were reserved")
+        self.lengths = [n] * self.n_layers
+
     def trim(self, n: int) -> None:
         """Keep only the first n positions."""
         if not 0 <= n <= self.offset:
