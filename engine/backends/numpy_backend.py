@@ -312,7 +312,9 @@ def _parallel(fn: Callable[[slice], Any], blocks: list[slice]) -> list[Any]:
 
 
 def empty(shape: tuple[int, ...], dtype: str | None = None) -> np.ndarray:
-    return np.zeros(shape, dtype=dtype or "float32")
+    """Uninitialised storage for the KV cache, which only ever reads positions it wrote: zeroing a
+    new 2 GB cache first (calloc over reused heap memory) would be one more full pass over it."""
+    return np.empty(shape, dtype=dtype or "float32")
 
 
 def concatenate(arrays: list[np.ndarray], axis: int = 0) -> np.ndarray:
