@@ -1,4 +1,5 @@
-"""KVCache: the contract's offset / update_and_fetch / export / extend / trim, and linear growth."""
+"""KVCache: the contract's offset / update_and_fetch / export / extend / write + commit / trim, and
+linear growth."""
 
 from __future__ import annotations
 
@@ -96,3 +97,38 @@ def test_out_of_range_export_trim_and_extend_are_refused() -> None:
         cache.trim(3)
     with pytest.raises(ValueError, match="shape"):
         cache.extend(np.zeros((1, 2, 3, 4), np.float32), np.zeros((1, 2, 3, 4), np.float32))
+
+
+def test_writes_from_several_threads_then_commit_equal_extend() -> None:
+    """A restore's reader threads fill disjoint ranges of a reserved numpy cache, out of order; the
+    length covers them only once committed."""
+    rng = np.random.default_rng(5)
+    blocks = [rng.standard_normal((2, 2, 8, 4)).astype(np.float32) for _ in range(4)]
+    filled = KVCache(get_backend("numpy"), n_layers=2, n_kv_heads=2, head_dim=4)
+    assert filled.parallel_writes
+    filled.reserve(32)
+    for i in (2, 0, 3, 1):
+        filled.write(8 * i, blocks[i], -blocks[i])
+    assert filled.offset == 0
+    filled.commit(32)
+    extended = KVCache(get_backend("numpy"), n_layers=2, n_kv_heads=2, head_dim=4)
+    for b in blocks:
+        extended.extend(b, -b)
+    got, want = filled.export(0, 32), extended.export(0, 32)
+    assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
+
+
+def test_writes_and_commits_beyond_the_reserved_room_are_refused() -> None:
+    cache = KVCache(get_backend("numpy"), n_layers=2, n_kv_heads=2, head_dim=4, step=16)
+    cache.reserve(16)
+    block = np.zeros((2, 2, 8, 4), np.float32)
+    with pytest.raises(ValueError, match="reserved"):
+        cache.write(12, block, block)
+    with pytest.raises(ValueError, match="reserved"):
+        cache.commit(17)
+    with pytest.raises(ValueError, match="shape"):
+        cache.write(0, block[:1], block[:1])
+
+
+def test_only_numpy_caches_take_writes_from_several_threads() -> None:
+    assert not KVCache(get_backend("mlx"), n_layers=1, n_kv_heads=1, head_dim=4).parallel_writes
