@@ -61,7 +61,7 @@ def test_the_previous_reply_is_reused_and_the_answer_equals_a_full_recompute(
     assert second.tokens["cached"] >= seen // BLOCK * BLOCK > first.tokens["prompt"]
     assert second.text == recomputed.text and second.tokens["prompt"] == recomputed.tokens["prompt"]
     history = svc.show(first.session_id).history
-    assert history[: seen] == svc.show(reference.id).history[: seen]
+    assert history[:seen] == svc.show(reference.id).history[:seen]
 
 
 def test_the_canonical_rendering_is_kept_when_the_reply_did_not_end_its_turn(model_dir: Path) -> None:
