@@ -59,7 +59,8 @@ Notes.
   4-6x slower (now off), zeroing the new cache was a wasted pass (now uninitialised), and each first
   touch of never-used VM memory is slow, hence best of 2.
 - Why float32 blocks cannot meet the ratio targets here: the bytes. "raw allows" above is the ratio
-  reachable if the restore cost nothing but reading the blocks at the raw tier speed of this run;
+  reachable if the restore cost nothing but reading the blocks at the raw tier speed of this run
+  (measured once, over the longest history's blocks, so only approximate for the shorter ones);
   2k float32 tokens are 470 MB, ~0.45 s at ~1 GB/s from this disk (~38x a 17 s cold prefill), and
   a 14 MiB Redis GET runs at ~0.5 GB/s. Faster prefill (the engine issue) lowers these ratios further.
   float16 blocks halve the bytes (greedy identical over 256 tokens, logits within ~4e-4) and int8
