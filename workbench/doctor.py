@@ -36,6 +36,16 @@ def check_numpy() -> Check:
         return Check("backend numpy", False, f"unavailable: {exc}", "make run  (reinstalls the venv)")
 
 
+def check_kernels() -> Check:
+    """The numpy backend's fused C loops: without them it still works, ~10% slower in prefill."""
+    try:
+        from engine.backends import kernels
+
+        return Check("numpy C loops", True, str(kernels.build()), essential=False)
+    except Exception as exc:  # no compiler, or it failed: the finding itself
+        return Check("numpy C loops", False, str(exc), "install gcc (then make run)", essential=False)
+
+
 def check_mlx() -> Check:
     try:
         import mlx.core as mx
@@ -94,6 +104,7 @@ def check_embedder() -> Check:
 CHECKS: list[Callable[[], Check]] = [
     check_python,
     check_numpy,
+    check_kernels,
     check_mlx,
     check_data_dir,
     check_redis,

@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from engine.backends import kernels
+
 name = "numpy"
 float_dtype = "float32"
 Array = np.ndarray
@@ -92,11 +94,25 @@ def rms_norm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
     the thread pool (np.add.reduce: np.mean's Python wrapper is a visible cost in decode)."""
     out = np.empty(x.shape, dtype=np.float32)
     blocks = _row_blocks(x)
-    if len(blocks) == 1:
+    lib = kernels.load()
+    if lib is not None and x.ndim in (2, 3) and _f32_rows(x) and _f32_rows(w):
+        # one pass in C; rows (t, h) of a [T, H, D] view such as q inside the fused qkv output
+        ldt, ldh = x.strides[0] // 4, (x.strides[1] // 4 if x.ndim == 3 else 0)
+        heads = x.shape[1] if x.ndim == 3 else 1
+        args = (x.ctypes.data, w.ctypes.data, out.ctypes.data)
+        rest = (heads, x.shape[-1], ldt, ldh, eps)
+        _parallel(lambda rows: lib.rms_norm(*args, rows.start, rows.stop, *rest), blocks)
+    elif len(blocks) == 1:
         _rms_norm_into(x, w, eps, out)
     else:
         _parallel(lambda rows: _rms_norm_into(x[rows], w, eps, out[rows]), blocks)
     return out
+
+
+def _f32_rows(x: np.ndarray) -> bool:
+    """float32 with contiguous last axis and non-negative strides that are whole elements: what the C
+    loops index."""
+    return x.dtype == np.float32 and x.strides[-1] == 4 and all(s >= 0 and s % 4 == 0 for s in x.strides)
 
 
 def _rms_norm_into(x: np.ndarray, w: np.ndarray, eps: float, out: np.ndarray) -> None:
@@ -127,6 +143,18 @@ def silu(x: np.ndarray) -> np.ndarray:
 def silu_mul(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
     """silu(gate) * up, the SwiGLU activation: one output array, row blocks on several threads."""
     out = np.empty(gate.shape, dtype=np.float32)
+    lib = kernels.load()
+    if (
+        lib is not None
+        and gate.ndim == 2
+        and _f32_rows(gate)
+        and up.strides == gate.strides
+        and up.ctypes.data == gate.ctypes.data + 4 * gate.shape[1]
+    ):  # the two halves of one [T, 2I] gate_up output: one pass in C
+        ld, width = gate.strides[0] // 4, gate.shape[1]
+        args = (gate.ctypes.data, out.ctypes.data)
+        _parallel(lambda rows: lib.silu_mul(*args, rows.start, rows.stop, width, ld), _row_blocks(gate))
+        return out
 
     def work(rows: slice) -> None:
         y = out[rows]
@@ -167,6 +195,13 @@ def rope(x: np.ndarray, offset: int, inv_freq: np.ndarray) -> np.ndarray:
     half = d // 2
     cos, sin = _rope_table(offset, t, inv_freq)
     out = np.empty(x.shape, dtype=np.float32)
+    lib = kernels.load()
+    if lib is not None and x.ndim == 3 and _f32_rows(x) and cos.flags.c_contiguous and sin.flags.c_contiguous:
+        # one pass in C, reading x through its strides (q and k arrive as transposed views)
+        ldh, ldt = x.strides[0] // 4, x.strides[1] // 4
+        args = (x.ctypes.data, cos.ctypes.data, sin.ctypes.data, out.ctypes.data)
+        _parallel(lambda heads: lib.rope(*args, heads.start, heads.stop, t, d, ldh, ldt), _row_blocks(x))
+        return out
 
     def work(heads: slice) -> None:
         x1, x2 = x[heads, :, :half], x[heads, :, half:]
@@ -256,14 +291,22 @@ def _attend(
     hkv, g, t, d = qg.shape
     scores = buffer[: hkv * visible * g * t].reshape(hkv, visible, g * t)
     np.matmul(k[:, :visible], qg.reshape(hkv, g * t, d).transpose(0, 2, 1), out=scores)
-    first_maskable = causal_offset + 1
-    if first_maskable < visible:  # only these keys lie in some query's future
-        future = (
-            np.arange(first_maskable, visible)[:, None] > (causal_offset + np.arange(t))[None, :]
-        )  # [S', T]
-        block = scores.reshape(hkv, visible, g, t)[:, first_maskable:]
-        block += np.where(future, np.float32(-np.inf), np.float32(0.0))[:, None, :]
-    sums = np.concatenate(_parallel(lambda heads: _softmax_keys(scores[heads]), _row_blocks(scores)))
+    lib = kernels.load()
+    if lib is not None:  # mask, max, exp and sums in two passes over cache-sized column chunks
+        sums = np.empty((hkv, g * t), dtype=np.float32)
+        args = (scores.ctypes.data, sums.ctypes.data)
+        shape = (visible, g * t, t, causal_offset)
+        _parallel(lambda heads: lib.softmax_keys(*args, heads.start, heads.stop, *shape), _row_blocks(scores))
+        sums = sums[..., None]
+    else:
+        first_maskable = causal_offset + 1
+        if first_maskable < visible:  # only these keys lie in some query's future
+            future = (
+                np.arange(first_maskable, visible)[:, None] > (causal_offset + np.arange(t))[None, :]
+            )  # [S', T]
+            block = scores.reshape(hkv, visible, g, t)[:, first_maskable:]
+            block += np.where(future, np.float32(-np.inf), np.float32(0.0))[:, None, :]
+        sums = np.concatenate(_parallel(lambda heads: _softmax_keys(scores[heads]), _row_blocks(scores)))
     out = np.matmul(scores.transpose(0, 2, 1), v[:, :visible])  # [Hkv, G*T, D]
     out /= sums
     return out.reshape(hkv, g, t, d)

@@ -1,0 +1,117 @@
+"""The numpy backend's fused C loops (kernels.c): built once per machine with the system C compiler,
+loaded with ctypes. `load()` returns None when they cannot be had (no compiler, WORKBENCH_NO_KERNELS
+set): the backend then does the same work in plain numpy, slower, to the same tolerance.
+
+    python -m engine.backends.kernels      # build now (make run / make test do), print the library
+
+The library goes to $WORKBENCH_CACHE/kernels (default ~/.cache/workbench/kernels), named by a hash of
+the source, the compiler, the flags and this CPU's feature flags: -march=native code must never run on
+another CPU, and a changed kernels.c is rebuilt.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import fcntl
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("kernels.c")
+FLAGS = ["-O3", "-march=native", "-fopenmp-simd", "-ffp-contract=fast", "-fPIC", "-shared"]
+_P, _I, _F = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float  # arrays go in as arr.ctypes.data
+SIGNATURES = {
+    "rms_norm": [_P, _P, _P, _I, _I, _I, _I, _I, _I, _F],
+    "rope": [_P, _P, _P, _P, _I, _I, _I, _I, _I, _I],
+    "silu_mul": [_P, _P, _I, _I, _I, _I],
+    "softmax_keys": [_P, _P, _I, _I, _I, _I, _I, _I],
+}
+
+_lock = threading.Lock()
+_lib: ctypes.CDLL | None = None
+_tried = False
+
+
+def _cache_dir() -> Path:
+    env = os.environ.get("WORKBENCH_CACHE")
+    if env:
+        return Path(env).expanduser() / "kernels"
+    base = os.environ.get("XDG_CACHE_HOME")
+    return (Path(base) if base else Path.home() / ".cache") / "workbench" / "kernels"
+
+
+def _cpu_flags() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return line
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _compiler() -> str | None:
+    return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+
+
+def library_path(compiler: str) -> Path:
+    identity = b"\0".join([SOURCE.read_bytes(), " ".join([compiler, *FLAGS]).encode(), _cpu_flags().encode()])
+    return _cache_dir() / f"kernels-{hashlib.blake2b(identity, digest_size=8).hexdigest()}.so"
+
+
+def build() -> Path:
+    """Compile kernels.c unless a library for this source, compiler and CPU exists; return its path."""
+    compiler = _compiler()
+    if compiler is None:
+        raise RuntimeError("no C compiler found (install gcc or set CC)")
+    target = library_path(compiler)
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / ".lock", "w") as lock:  # processes starting together: one compiles
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if target.exists():
+            return target
+        fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".so.tmp")
+        os.close(fd)
+        cmd = [compiler, *FLAGS, str(SOURCE), "-o", tmp, "-lm"]
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            os.unlink(tmp)
+            raise RuntimeError(f"{compiler} could not build {SOURCE.name}: {proc.stderr.strip()[-2000:]}")
+        os.replace(tmp, target)  # atomic: a reader sees the whole library or none
+    return target
+
+
+def load() -> ctypes.CDLL | None:
+    """The loaded library (built on first use), or None, logged once, when it cannot be had."""
+    global _lib, _tried
+    if _tried:
+        return _lib
+    with _lock:
+        if not _tried:
+            if os.environ.get("WORKBENCH_NO_KERNELS"):
+                log.info("WORKBENCH_NO_KERNELS set: the numpy backend uses plain numpy loops")
+            else:
+                try:
+                    lib = ctypes.CDLL(str(build()))
+                    for name, argtypes in SIGNATURES.items():
+                        fn = getattr(lib, name)
+                        fn.argtypes, fn.restype = argtypes, None
+                    _lib = lib
+                except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
+                    log.warning("numpy backend without its C loops, using plain numpy (%s)", exc)
+            _tried = True
+    return _lib
+
+
+if __name__ == "__main__":
+    print(build())

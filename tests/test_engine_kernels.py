@@ -1,0 +1,117 @@
+"""The numpy backend's C loops (engine/backends/kernels.c) and the plain-numpy loops they replace give
+the same results, on the views the models pass (q inside the fused qkv output, transposed heads, the
+two halves of gate_up, causal blocks with an offset); and without a compiler the backend still works."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import pytest
+
+from engine.backends import kernels, numpy_backend
+
+rng = np.random.default_rng(11)
+
+
+def f32(*shape: int) -> np.ndarray:
+    return rng.standard_normal(shape).astype(np.float32)
+
+
+class CountingLib:
+    """The real library, counting calls: a comparison where both runs took numpy would prove nothing."""
+
+    def __init__(self, lib: object) -> None:
+        self.lib, self.calls = lib, 0
+
+    def __getattr__(self, name: str) -> Callable:
+        fn = getattr(self.lib, name)
+
+        def counted(*args: object) -> None:
+            self.calls += 1
+            fn(*args)
+
+        return counted
+
+
+@pytest.fixture
+def both_paths(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[Callable[[], np.ndarray]], tuple]]:
+    """Run a computation with the C loops, then with plain numpy; inputs big enough for the threads."""
+    lib = kernels.load()
+    assert lib is not None, "the C loops must build on this machine (gcc is part of the set-up)"
+    monkeypatch.setattr(numpy_backend, "PARALLEL_MIN_ELEMENTS", 1000)
+
+    def run(fn: Callable[[], np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        counting = CountingLib(lib)
+        monkeypatch.setattr(kernels, "_lib", counting)
+        with_c = fn()
+        assert counting.calls > 0, "the C loops were not used"
+        monkeypatch.setattr(kernels, "_lib", None)
+        plain = fn()
+        monkeypatch.setattr(kernels, "_lib", lib)
+        return with_c, plain
+
+    yield run
+
+
+def close(a: np.ndarray, b: np.ndarray, tol: float = 1e-5) -> bool:
+    return a.shape == b.shape and float(np.abs(a - b).max()) <= tol * max(1.0, float(np.abs(b).max()))
+
+
+def test_rms_norm_rows_and_head_views(both_paths) -> None:
+    qkv = rng.standard_normal((37, (6 + 2 * 2) * 16)).astype(np.float32)
+    q = qkv[:, : 6 * 16].reshape(37, 6, 16)  # [T, H, D] view with the qkv row stride
+    w16, w96 = rng.standard_normal(16).astype(np.float32), rng.standard_normal(96).astype(np.float32)
+    assert close(*both_paths(lambda: numpy_backend.rms_norm(q, w16, 1e-6)))
+    assert close(*both_paths(lambda: numpy_backend.rms_norm(qkv[:, :96], w96, 1e-6)))
+
+
+def test_rope_reads_transposed_heads(both_paths) -> None:
+    x = rng.standard_normal((45, 6, 32)).astype(np.float32).transpose(1, 0, 2)  # [H, T, D] view
+    inv_freq = (1.0 / 10000 ** (np.arange(0, 32, 2) / 32)).astype(np.float32)
+    assert close(*both_paths(lambda: numpy_backend.rope(x, 123, inv_freq)))
+
+
+def test_silu_mul_on_the_halves_of_gate_up(both_paths) -> None:
+    gate_up = (4 * rng.standard_normal((29, 2 * 40))).astype(np.float32)
+    got = both_paths(lambda: numpy_backend.silu_mul(gate_up[:, :40], gate_up[:, 40:]))
+    assert close(*got)
+
+
+@pytest.mark.parametrize(("t", "s"), [(300, 300), (70, 340), (5, 5)])
+def test_causal_blocks_softmax(both_paths, monkeypatch: pytest.MonkeyPatch, t: int, s: int) -> None:
+    monkeypatch.setattr(numpy_backend, "ATTENTION_ROWS", 48)  # several blocks, the last one partial
+    q, k, v = f32(8, t, 16), f32(2, s, 16), f32(2, s, 16)
+    assert close(*both_paths(lambda: numpy_backend.sdpa(q, k, v, 0.25, s - t)))
+
+
+def test_large_scores_take_the_max_subtracting_path_in_both(both_paths) -> None:
+    q, k, v = f32(4, 40, 8), f32(2, 40, 8), f32(2, 40, 8)
+    assert close(*both_paths(lambda: numpy_backend.sdpa(30 * q, 30 * k, v, 1.0, 0)))  # scores ~ +-1000
+
+
+def test_without_a_compiler_the_backend_falls_back_to_numpy(
+    monkeypatch: pytest.MonkeyPatch, tmp_path, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(kernels, "_lib", None)
+    monkeypatch.setattr(kernels, "_tried", False)
+    with caplog.at_level(logging.WARNING, logger="engine.backends.kernels"):
+        assert kernels.load() is None
+    assert "plain numpy" in caplog.text and "no-such-compiler" in caplog.text
+    x = rng.standard_normal((4, 8)).astype(np.float32)
+    expected = x / np.sqrt((x.astype(np.float64) ** 2).mean(-1, keepdims=True) + 1e-6)
+    assert close(numpy_backend.rms_norm(x, np.ones(8, np.float32), 1e-6), expected.astype(np.float32))
+
+
+def test_the_library_is_rebuilt_for_a_changed_source(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path))
+    first = kernels.build()
+    assert first.exists() and first.parent == tmp_path / "kernels"
+    source = tmp_path / "kernels.c"
+    source.write_text(kernels.SOURCE.read_text() + "\n/* changed */\n")
+    monkeypatch.setattr(kernels, "SOURCE", source)
+    second = kernels.build()
+    assert second.exists() and second != first
