@@ -16,7 +16,8 @@ setup: $(STAMP) $(REDIS) kernels
 
 # The numpy backend's C loops, built once per machine and source (a hash check when already there).
 kernels: $(STAMP)
-	@$(BIN)/python -m engine.backends.kernels > /dev/null
+	@$(BIN)/python -m engine.backends.kernels > /dev/null || \
+	  echo "note: the numpy backend's C loops were not built (no C compiler?); it runs plain numpy"
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
