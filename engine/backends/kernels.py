@@ -114,4 +114,7 @@ def load() -> ctypes.CDLL | None:
 
 
 if __name__ == "__main__":
-    print(build())
+    try:
+        print(build())
+    except RuntimeError as exc:
+        raise SystemExit(f"engine.backends.kernels: {exc}") from None
