@@ -101,6 +101,7 @@ def test_without_a_compiler_the_backend_falls_back_to_numpy(
     with caplog.at_level(logging.WARNING, logger="engine.backends.kernels"):
         assert kernels.load() is None
     assert "plain numpy" in caplog.text and "no-such-compiler" in caplog.text
+    assert not list((tmp_path / "cache" / "kernels").glob("*.tmp"))  # no half-built library left
     x = rng.standard_normal((4, 8)).astype(np.float32)
     expected = x / np.sqrt((x.astype(np.float64) ** 2).mean(-1, keepdims=True) + 1e-6)
     assert close(numpy_backend.rms_norm(x, np.ones(8, np.float32), 1e-6), expected.astype(np.float32))

@@ -83,7 +83,11 @@ def build() -> Path:
         fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".so.tmp")
         os.close(fd)
         cmd = [compiler, *FLAGS, str(SOURCE), "-o", tmp, "-lm"]
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        except OSError as exc:
+            os.unlink(tmp)
+            raise RuntimeError(f"cannot run the C compiler {compiler}: {exc.strerror}") from exc
         if proc.returncode != 0:
             os.unlink(tmp)
             raise RuntimeError(f"{compiler} could not build {SOURCE.name}: {proc.stderr.strip()[-2000:]}")
