@@ -120,5 +120,5 @@ def load() -> ctypes.CDLL | None:
 if __name__ == "__main__":
     try:
         print(build())
-    except RuntimeError as exc:
+    except (RuntimeError, OSError) as exc:  # no compiler, or the cache dir is not writable
         raise SystemExit(f"engine.backends.kernels: {exc}") from None
