@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from bench import machine
+from bench.private_redis import start_redis
 from bench.report import write_section
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -86,25 +87,15 @@ def build_model(root: Path) -> Path:
 
 
 def run(quick: bool) -> str:
-    from workbench import redis_server
 
     n = 3 if quick else 7
     with tempfile.TemporaryDirectory(prefix="wb-headless-bench-") as tmp:
         root = Path(tmp)
         model = build_model(root / "models")
-        sock = root / "redis.sock"
-        server = subprocess.Popen(
-            [redis_server.find_server_binary(), "--port", "0", "--unixsocket", str(sock), "--save", "",
-             "--appendonly", "no", "--dir", str(root)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+        server, _ = start_redis(root, "--appendonly", "no")
         try:
-            env = {**os.environ, "REDIS_URL": f"unix://{sock}", "WORKBENCH_HOME": str(root / "home"),
-                   "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}  # fmt: skip
-            for _ in range(100):
-                if sock.exists():
-                    break
-                time.sleep(0.05)
+            env = {**os.environ, "REDIS_URL": f"unix://{root / 'redis.sock'}", "HF_HUB_OFFLINE": "1",
+                   "WORKBENCH_HOME": str(root / "home"), "PYTHONPATH": str(ROOT)}  # fmt: skip
             return measure(env, str(model), root, n)
         finally:
             server.terminate()

@@ -19,7 +19,6 @@ import ast
 import os
 import random
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,8 +26,8 @@ import uuid
 from pathlib import Path
 
 import numpy as np
-import redis
 
+from bench.private_redis import start_redis
 from bench.report import write_section
 from indexer import Index, search
 from indexer.embed import Encoder
@@ -122,36 +121,6 @@ def make_corpus(lib: str, dest: Path, max_files: int | None) -> list[tuple[str, 
 
 
 # ---- measurements -------------------------------------------------------------------------------------
-def start_redis(directory: Path) -> tuple[subprocess.Popen[bytes], redis.Redis]:
-    from workbench.redis_server import find_server_binary
-
-    sock = directory / "redis.sock"
-    args = [
-        find_server_binary(),
-        "--port",
-        "0",
-        "--unixsocket",
-        str(sock),
-        "--dir",
-        str(directory),
-        "--save",
-        "",
-        "--appendonly",
-        "yes",
-        "--appendfsync",
-        "everysec",
-    ]  # fmt: skip  (the embedded server's settings)
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    client = redis.Redis(unix_socket_path=str(sock))
-    for _ in range(500):
-        try:
-            client.ping()
-            return proc, client
-        except (redis.ConnectionError, OSError):
-            time.sleep(0.02)
-    raise RuntimeError("benchmark redis-server did not start")
-
-
 def pct(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q)) if values else float("nan")
 
@@ -278,7 +247,7 @@ def run(args: argparse.Namespace) -> str:
     from bench.machine import limits_table
 
     work = Path(tempfile.mkdtemp(prefix="wb-ixb-"))
-    proc, r = start_redis(work)
+    proc, r = start_redis(work, "--appendonly", "yes", "--appendfsync", "everysec")  # the embedded settings
     try:
         repo = work / args.lib
         queries = make_corpus(args.lib, repo, 12 if args.quick else None)

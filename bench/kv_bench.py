@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -32,6 +31,7 @@ import redis
 from bench import machine
 from bench.engine_bench import QWEN3_06B, prompt_ids, write_random_checkpoint
 from bench.kv_quality import dtype_agreement
+from bench.private_redis import start_redis
 from bench.report import write_section
 from engine.blocks import DEFAULT_BLOCK_SIZE, BlockStore
 from engine.blocktiers import DiskTier
@@ -70,26 +70,6 @@ Notes.
   agree on all 256 tokens, max logit error 0.0028 (0.06% of the largest logit); int8 blocks diverge first at
   token 142, agree on 99.6% of teacher-forced steps, max logit error 0.041 (0.94%).
 """
-
-
-def start_redis(directory: Path, maxmemory: str = "10gb") -> tuple[subprocess.Popen, redis.Redis]:
-    from workbench.redis_server import find_server_binary
-
-    sock = directory / "redis.sock"
-    proc = subprocess.Popen(
-        [find_server_binary(), "--port", "0", "--unixsocket", str(sock), "--dir", str(directory),
-         "--save", "", "--appendonly", "no", "--maxmemory", maxmemory, "--maxmemory-policy", "volatile-lru"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    client = redis.Redis(unix_socket_path=str(sock))
-    for _ in range(200):
-        try:
-            client.ping()
-            return proc, client
-        except (redis.ConnectionError, OSError):
-            time.sleep(0.05)
-    proc.terminate()
-    raise RuntimeError(f"bench redis-server did not start on {sock}")
 
 
 def cold_prefill(model: Any, ids: list[int], lengths: list[int]) -> tuple[Any, dict, dict]:
@@ -315,7 +295,8 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="wb-kv-bench-") as tmp_name:
         tmp = Path(tmp_name)
-        proc, client = start_redis(tmp)
+        proc, client = start_redis(tmp, "--appendonly", "no", "--maxmemory", "10gb",
+                                   "--maxmemory-policy", "volatile-lru")  # fmt: skip
         try:
             write_random_checkpoint(tmp / "model", QWEN3_06B)
             model = engine.load_model(str(tmp / "model"), backend="numpy")

@@ -26,7 +26,7 @@ from pathlib import Path
 import redis
 
 from bench import machine
-from bench.kv_bench import start_redis
+from bench.private_redis import start_redis
 from bench.report import write_section
 from sessions import ids
 from sessions.log import encode, header_record, message_record
@@ -195,7 +195,8 @@ def main() -> None:
     args = parser.parse_args()
     sizes = [1000] if args.quick else [1000, 3000, 10_000]
     directory = Path(tempfile.mkdtemp(prefix="wb-sessions-bench-redis-"))
-    proc, r = start_redis(directory)
+    proc, r = start_redis(directory, "--appendonly", "no", "--maxmemory", "10gb",
+                          "--maxmemory-policy", "volatile-lru")  # fmt: skip
     try:
         raw = raw_limits(r)
         rows = []

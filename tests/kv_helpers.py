@@ -16,8 +16,23 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.blocks import BlockStore
+
 BS = 16  # block size of the tests: small, so short histories span several blocks
 MAX_POSITIONS = 1024
+
+
+def store_with(tiers: list, **kw) -> BlockStore:
+    return BlockStore(tiers, block_size=BS, **kw)
+
+
+def save_history(model, store: BlockStore, ids: list[int], with_logits: bool = True) -> np.ndarray:
+    """Prefill `ids` and save them (complete blocks, plus a tail record with the last logits)."""
+    cache = model.make_cache()
+    last = model.forward(ids, cache)
+    store.save(model, cache, ids, last if with_logits else None)
+    store.flush()
+    return last
 
 
 @functools.cache
