@@ -1,7 +1,8 @@
 """numpy backend: float32 everywhere, matmuls through numpy's BLAS (OpenBLAS on Linux wheels).
 
 Linear weights are float32 and C-contiguous (`linear_weight`). The elementwise parts of a prefill
-(softmax, SwiGLU, rope) run in row blocks on a small thread pool, since numpy's ufuncs use one core.
+(rms_norm, rope, SwiGLU, the causal softmax) run as one-pass C loops from `kernels` when they could be
+built, else as plain numpy; either way in row blocks on a small thread pool, since one call uses one core.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8  # glibc malloc.
 
 
 def _tune_memory() -> None:
-    """Make glibc reuse freed big blocks instead of handing them back to the OS.
+    """Make glibc reuse freed big blocks instead of handing them back to the OS; no huge pages.
 
     By default every array over 32 MiB (attention scores, MLP activations in prefill) is a fresh mmap,
     and touching it costs a page fault per 4 KiB: on virtual machines that is the single largest cost
@@ -90,8 +91,8 @@ def embedding(table: np.ndarray, ids: Any) -> np.ndarray:
 
 
 def rms_norm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
-    """Same operations as HF's Qwen/Llama RMSNorm in float32; prefill-sized inputs in row blocks on
-    the thread pool (np.add.reduce: np.mean's Python wrapper is a visible cost in decode)."""
+    """HF's Qwen/Llama RMSNorm in float32: x / sqrt(mean(x^2) + eps) * w over the last axis; prefill-sized
+    inputs in row blocks on the thread pool."""
     out = np.empty(x.shape, dtype=np.float32)
     blocks = _row_blocks(x)
     lib = kernels.load()
@@ -116,6 +117,7 @@ def _f32_rows(x: np.ndarray) -> bool:
 
 
 def _rms_norm_into(x: np.ndarray, w: np.ndarray, eps: float, out: np.ndarray) -> None:
+    # np.add.reduce, not np.mean: its Python wrapper is a visible cost in decode
     np.square(x, out=out)
     scale = np.add.reduce(out, axis=-1, keepdims=True)
     scale *= np.float32(1.0 / x.shape[-1])
