@@ -1,5 +1,7 @@
 """Workbench engine: load local models and run them on numpy or mlx."""
 
+# blas_threads first: it sets how long OpenBLAS's idle workers spin, which OpenBLAS reads when numpy loads it
+from engine.backends import blas_threads  # noqa: F401
 from engine.loader import load_model
 from engine.model import Model
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.backends import kernels
+from engine.backends import blas_threads, kernels
 
 name = "numpy"
 float_dtype = "float32"
@@ -235,6 +235,9 @@ def _rope_table(offset: int, t: int, inv_freq: np.ndarray) -> tuple[np.ndarray, 
 SCORES_BUDGET_BYTES = 128 << 20  # attention scores held at once; bigger prefills go in row blocks
 ATTENTION_ROWS = 256  # query rows per block: big enough for efficient matmuls, small enough to skip
 # most of the causally masked keys
+HEAD_ROWS = 128  # the same when each core takes its own heads: one head's scores [keys, G * rows]
+# then stay in that core's L2 (2048 keys, G = 2: 2 MiB), between the product, the softmax and the next
+HEAD_PARALLEL_MIN = 1 << 16  # queries x keys below this: one hand-off per head costs more than it saves
 EXP_SHIFT_FREE = 60.0  # row maxima within +-this: exp(scores) needs no max subtraction (see _softmax_keys)
 
 _scratch = threading.local()
@@ -259,6 +262,11 @@ def sdpa(q: np.ndarray, k: np.ndarray, v: np.ndarray, scale: float, causal_offse
     repeat_kv does), so k and v are never repeated in memory. Long queries run in row blocks, each
     reading only the keys its rows can see: scores stay within SCORES_BUDGET_BYTES and the fully
     masked upper-right blocks are never computed.
+
+    Prefills spread the kv heads over the cores, each running single-threaded BLAS on one head at a
+    time, so that a head's scores stay in its core's cache from the product through the softmax to the
+    product with v (measured ~25% faster at 2048 tokens than every product split over both cores;
+    see blas_threads for when it is possible).
     """
     h, t, d = q.shape
     hkv, s, _ = k.shape
@@ -271,34 +279,61 @@ def sdpa(q: np.ndarray, k: np.ndarray, v: np.ndarray, scale: float, causal_offse
         out = np.matmul(scores, v)  # [Hkv, G, D]
         out /= scores.sum(axis=-1, keepdims=True)
         return out.reshape(h, 1, d)
-    rows = max(16, min(ATTENTION_ROWS, t, SCORES_BUDGET_BYTES // (4 * h * s)))
     out = np.empty((hkv, g, t, d), dtype=np.float32)
-    scores = _scores_buffer(hkv * s * g * rows)
-    for r0 in range(0, t, rows):
-        r1 = min(t, r0 + rows)
-        visible = min(s, causal_offset + r1)
-        out[:, :, r0:r1] = _attend(qg[:, :, r0:r1], k, v, causal_offset + r0, visible, scores)
+    if _WORKERS < 2 or hkv < 2 or t * s < HEAD_PARALLEL_MIN or not blas_threads.available():
+        rows = max(16, min(ATTENTION_ROWS, t, SCORES_BUDGET_BYTES // (4 * h * s)))
+        _causal_blocks(qg, k, v, out, causal_offset, rows, threads=True)
+        return out.reshape(h, t, d)
+
+    def one_head(head: int) -> None:
+        kv = slice(head, head + 1)
+        rows = max(16, min(HEAD_ROWS, t, SCORES_BUDGET_BYTES // (4 * g * s)))
+        _causal_blocks(qg[kv], k[kv], v[kv], out[kv], causal_offset, rows, threads=False)
+
+    with blas_threads.single_threaded():
+        _parallel(one_head, list(range(hkv)))
     return out.reshape(h, t, d)
 
 
+def _causal_blocks(
+    qg: np.ndarray, k: np.ndarray, v: np.ndarray, out: np.ndarray, offset: int, rows: int, threads: bool
+) -> None:
+    """out[:, :, r0:r1] = attention of query rows r0..r1 over the keys they see, block by block."""
+    hkv, g, t, _ = qg.shape
+    s = k.shape[1]
+    scores = _scores_buffer(hkv * s * g * rows)
+    for r0 in range(0, t, rows):
+        r1 = min(t, r0 + rows)
+        visible = min(s, offset + r1)
+        out[:, :, r0:r1] = _attend(qg[:, :, r0:r1], k, v, offset + r0, visible, scores, threads)
+
+
 def _attend(
-    qg: np.ndarray, k: np.ndarray, v: np.ndarray, causal_offset: int, visible: int, buffer: np.ndarray
+    qg: np.ndarray,
+    k: np.ndarray,
+    v: np.ndarray,
+    causal_offset: int,
+    visible: int,
+    buffer: np.ndarray,
+    threads: bool = True,
 ) -> np.ndarray:
     """qg [Hkv, G, T, D] (already scaled) against the first `visible` keys -> [Hkv, G, T, D].
 
     Scores are computed keys-major, k @ q.T -> [Hkv, S, G*T], into `buffer`: the softmax then reduces
     over axis 1, which numpy vectorises across the contiguous query axis. The normalisation divides
-    the [.., D] output instead of the [.., S] probabilities.
+    the [.., D] output instead of the [.., S] probabilities. `threads`: the softmax may use the
+    thread pool (not when the caller already runs on it).
     """
     hkv, g, t, d = qg.shape
     scores = buffer[: hkv * visible * g * t].reshape(hkv, visible, g * t)
     np.matmul(k[:, :visible], qg.reshape(hkv, g * t, d).transpose(0, 2, 1), out=scores)
+    blocks = _row_blocks(scores) if threads else [slice(0, hkv)]
     lib = kernels.load()
     if lib is not None:  # mask, max, exp and sums in two passes over cache-sized column chunks
         sums = np.empty((hkv, g * t), dtype=np.float32)
         args = (scores.ctypes.data, sums.ctypes.data)
         shape = (visible, g * t, t, causal_offset)
-        _parallel(lambda heads: lib.softmax_keys(*args, heads.start, heads.stop, *shape), _row_blocks(scores))
+        _parallel(lambda heads: lib.softmax_keys(*args, heads.start, heads.stop, *shape), blocks)
         sums = sums[..., None]
     else:
         first_maskable = causal_offset + 1
@@ -308,7 +343,7 @@ def _attend(
             )  # [S', T]
             block = scores.reshape(hkv, visible, g, t)[:, first_maskable:]
             block += np.where(future, np.float32(-np.inf), np.float32(0.0))[:, None, :]
-        sums = np.concatenate(_parallel(lambda heads: _softmax_keys(scores[heads]), _row_blocks(scores)))
+        sums = np.concatenate(_parallel(lambda heads: _softmax_keys(scores[heads]), blocks))
     out = np.matmul(scores.transpose(0, 2, 1), v[:, :visible])  # [Hkv, G*T, D]
     out /= sums
     return out.reshape(hkv, g, t, d)
@@ -347,7 +382,7 @@ def _row_blocks(x: np.ndarray) -> list[slice]:
     return [slice(i, min(n, i + step)) for i in range(0, n, step)]
 
 
-def _parallel(fn: Callable[[slice], Any], blocks: list[slice]) -> list[Any]:
+def _parallel(fn: Callable[[Any], Any], blocks: list[Any]) -> list[Any]:
     global _pool
     if len(blocks) == 1:
         return [fn(blocks[0])]
