@@ -116,3 +116,59 @@ def test_the_library_is_rebuilt_for_a_changed_source(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(kernels, "SOURCE", source)
     second = kernels.build()
     assert second.exists() and second != first
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize(("rows", "cols"), [(301, 37), (5, 8), (1030, 64)])
+def test_decode_matrix_vector_product_on_the_pool(
+    monkeypatch: pytest.MonkeyPatch, threads: int, rows: int, cols: int
+) -> None:
+    counting = CountingLib(kernels.load())
+    monkeypatch.setattr(kernels, "_lib", counting)
+    monkeypatch.setattr(numpy_backend, "DECODE_THREADS", threads)
+    x, w, b = f32(1, cols), f32(rows, cols), f32(rows)
+    got = numpy_backend.linear(x, w, b)
+    assert counting.calls == 1
+    expected = x.astype(np.float64) @ w.T.astype(np.float64) + b
+    assert got.shape == (1, rows) and close(got, expected.astype(np.float32))
+    numpy_backend.linear(f32(2, cols), w)
+    assert counting.calls == 1  # two rows (prefill) stay with BLAS
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize(("heads", "kv_heads", "dim"), [(6, 3, 16), (4, 2, 128), (8, 8, 64)])
+def test_decode_attention_on_the_pool_reads_cache_views(
+    monkeypatch: pytest.MonkeyPatch, threads: int, heads: int, kv_heads: int, dim: int
+) -> None:
+    from tests.test_engine_backends import reference_attention
+
+    monkeypatch.setattr(numpy_backend, "DECODE_THREADS", threads)
+    cache_k, cache_v = f32(kv_heads, 64, dim), f32(kv_heads, 64, dim)
+    k, v, q = cache_k[:, :37], cache_v[:, :37], f32(heads, 1, dim)  # the first 37 of 64 positions
+    counting = CountingLib(kernels.load())
+    monkeypatch.setattr(kernels, "_lib", counting)
+    got = numpy_backend.sdpa(q, k, v, dim**-0.5, 36)
+    assert counting.calls == 1
+    assert np.abs(got - reference_attention(q, k, v, dim**-0.5, 36)).max() < 1e-5
+
+
+def _pool_in_forked_child(conn: object) -> None:
+    x, w = np.ones((1, 64), np.float32), np.ones((512, 64), np.float32)
+    conn.send(numpy_backend.linear(x, w).tolist())  # type: ignore[attr-defined]
+
+
+def test_the_decode_pool_works_in_a_forked_child(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its workers stay with the parent on fork: the child must start its own, not wait for them."""
+    import multiprocessing
+
+    monkeypatch.setattr(numpy_backend, "DECODE_THREADS", 2)
+    numpy_backend.linear(f32(1, 64), f32(512, 64))  # the parent's workers exist now
+    ctx = multiprocessing.get_context("fork")
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(target=_pool_in_forked_child, args=(child,))
+    proc.start()
+    got = parent.recv() if parent.poll(30) else None
+    proc.join(5)
+    if proc.is_alive():
+        proc.kill()
+    assert got == [[64.0] * 512]

@@ -1,9 +1,14 @@
-/* Fused float32 loops for the numpy backend's elementwise work in prefill.
+/* Fused float32 loops for the numpy backend.
  *
- * numpy runs rms_norm, rope and SwiGLU as 4-6 full passes over memory each (one ufunc per step, a
- * temporary per step); here each is one pass: read the input once, write the output once. Matmuls
- * stay in numpy's BLAS. Every function works on a range of rows [r0, r1) and keeps no state, so
- * Python threads run disjoint ranges side by side (ctypes releases the GIL during the call).
+ * Prefill: numpy runs rms_norm, rope and SwiGLU as 4-6 full passes over memory each (one ufunc per
+ * step, a temporary per step); here each is one pass: read the input once, write the output once.
+ * Matmuls stay in numpy's BLAS. These functions work on a range of rows [r0, r1) and keep no state,
+ * so Python threads run disjoint ranges side by side (ctypes releases the GIL during the call).
+ *
+ * Decode (one new position): the matrix-vector products and the attention over the KV cache, split
+ * over the cores by a small pool of spinning workers (below), since a Python thread hand-off costs
+ * as much as one of these products.
+ *
  * Built and loaded by kernels.py; the backend uses plain numpy when they cannot be built.
  */
 #include <math.h>
@@ -127,4 +132,211 @@ void softmax_keys(float *restrict scores, float *restrict sums, int64_t h0, int6
             for (int c = 0; c < nc; c++) sums[h * R + c0 + c] = acc[c];
         }
     }
+}
+
+/* ---- Decode: matrix-vector products and attention split over the cores by a small pool. ----
+ *
+ * A decode step is ~100 matrix-vector products and a KV-cache read per layer, each a few hundred
+ * microseconds: handing work to Python threads (~140 us here) or waking sleeping threads for each
+ * would cost as much as the work. These workers spin, yielding their core, for SPIN_NS after their
+ * last job and then sleep. numpy's OpenBLAS is not called during decode, so its own workers sleep and
+ * leave the cores to these (two sets of spinning workers on one core halve each other's speed). */
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <time.h>
+
+#define MAX_THREADS 16
+#define SPIN_NS 1000000LL
+
+typedef void (*task_fn)(void *ctx, int64_t part, int64_t parts);
+static pthread_mutex_t run_lock = PTHREAD_MUTEX_INITIALIZER; /* one parallel job at a time */
+static pthread_mutex_t wake_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t wake_cond = PTHREAD_COND_INITIALIZER;
+static _Atomic uint64_t posted;  /* job counter */
+static _Atomic int64_t pending;  /* workers still on the current job */
+static _Atomic int64_t sleepers; /* workers waiting on wake_cond */
+static task_fn job_fn;
+static void *job_ctx;
+static int64_t job_parts;
+static int64_t n_workers; /* started; part ids 1..n_workers */
+static uint64_t first_job[MAX_THREADS]; /* the job counter when worker i was started */
+static int atfork_set;
+
+static int64_t now_ns(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (int64_t)t.tv_sec * 1000000000LL + t.tv_nsec;
+}
+
+static void *worker_main(void *arg) {
+    const int64_t id = (int64_t)(intptr_t)arg;
+    uint64_t seen = first_job[id]; /* not `posted`: the job it was started for may be posted already */
+    int64_t idle_since = now_ns();
+    for (unsigned spins = 1;; spins++) {
+        const uint64_t p = atomic_load_explicit(&posted, memory_order_acquire);
+        if (p != seen) {
+            seen = p;
+            if (id < job_parts) job_fn(job_ctx, id, job_parts);
+            atomic_fetch_sub_explicit(&pending, 1, memory_order_acq_rel);
+            idle_since = now_ns();
+            continue;
+        }
+        if (spins % 64 == 0 && now_ns() - idle_since > SPIN_NS) {
+            pthread_mutex_lock(&wake_lock);
+            atomic_fetch_add(&sleepers, 1); /* seq_cst: the poster sees us, or we see its job */
+            while (atomic_load(&posted) == seen) pthread_cond_wait(&wake_cond, &wake_lock);
+            atomic_fetch_sub(&sleepers, 1);
+            pthread_mutex_unlock(&wake_lock);
+            continue;
+        }
+        sched_yield();
+    }
+    return NULL;
+}
+
+static void forget_workers(void) { /* in a forked child: the workers stayed with the parent */
+    n_workers = 0;
+    pthread_mutex_init(&run_lock, NULL);
+    pthread_mutex_init(&wake_lock, NULL);
+    pthread_cond_init(&wake_cond, NULL);
+    atomic_store(&pending, 0);
+    atomic_store(&sleepers, 0);
+}
+
+/* fn(ctx, part, parts) for part in [0, parts), part 0 on the calling thread. */
+static void run_parallel(task_fn fn, void *ctx, int64_t parts) {
+    if (parts > MAX_THREADS) parts = MAX_THREADS;
+    if (parts <= 1) {
+        fn(ctx, 0, 1);
+        return;
+    }
+    pthread_mutex_lock(&run_lock);
+    if (!atfork_set) atfork_set = !pthread_atfork(NULL, NULL, forget_workers);
+    while (n_workers < parts - 1) {
+        pthread_t t;
+        first_job[n_workers + 1] = atomic_load(&posted);
+        if (pthread_create(&t, NULL, worker_main, (void *)(intptr_t)(n_workers + 1)) != 0) break;
+        pthread_detach(t);
+        n_workers++;
+    }
+    if (n_workers < parts - 1) parts = n_workers + 1;
+    job_fn = fn, job_ctx = ctx, job_parts = parts;
+    atomic_store(&pending, n_workers);
+    atomic_fetch_add_explicit(&posted, 1, memory_order_seq_cst);
+    if (atomic_load(&sleepers) > 0) {
+        pthread_mutex_lock(&wake_lock);
+        pthread_cond_broadcast(&wake_cond);
+        pthread_mutex_unlock(&wake_lock);
+    }
+    fn(ctx, 0, parts);
+    for (unsigned n = 0; atomic_load_explicit(&pending, memory_order_acquire) > 0; n++) {
+        if (n > 64) sched_yield();
+    }
+    pthread_mutex_unlock(&run_lock);
+}
+
+/* y[r] = dot(w[r, :], x) for the rows of a C-contiguous float32 [rows, cols] matrix: four rows at a
+ * time, so each load of x serves four of them. */
+struct gemv_args {
+    const float *w, *x;
+    float *y;
+    int64_t rows, cols;
+};
+
+static void gemv_part(void *ctx, int64_t part, int64_t parts) {
+    const struct gemv_args *a = ctx;
+    const int64_t n = a->cols, quads = a->rows / 4;
+    const int64_t q0 = quads * part / parts, q1 = quads * (part + 1) / parts;
+    const float *restrict x = a->x;
+    for (int64_t q = q0; q < q1; q++) {
+        const float *restrict w0 = a->w + 4 * q * n, *restrict w1 = w0 + n, *restrict w2 = w1 + n,
+                              *restrict w3 = w2 + n;
+        float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
+#pragma omp simd reduction(+ : s0, s1, s2, s3)
+        for (int64_t i = 0; i < n; i++) {
+            s0 += w0[i] * x[i];
+            s1 += w1[i] * x[i];
+            s2 += w2[i] * x[i];
+            s3 += w3[i] * x[i];
+        }
+        a->y[4 * q] = s0, a->y[4 * q + 1] = s1, a->y[4 * q + 2] = s2, a->y[4 * q + 3] = s3;
+    }
+    if (part == parts - 1) { /* the last part also takes the rows after the last group of four */
+        for (int64_t r = 4 * quads; r < a->rows; r++) {
+            const float *restrict wr = a->w + r * n;
+            float s = 0.0f;
+#pragma omp simd reduction(+ : s)
+            for (int64_t i = 0; i < n; i++) s += wr[i] * x[i];
+            a->y[r] = s;
+        }
+    }
+}
+
+void gemv(const float *w, const float *x, float *y, int64_t rows, int64_t cols, int64_t threads) {
+    struct gemv_args a = {w, x, y, rows, cols};
+    run_parallel(gemv_part, &a, rows >= 64 * threads ? threads : 1);
+}
+
+/* Attention of one new position: q [H, D]; keys and values of kv head j at k + j * ldh, v + j * ldh,
+ * one row of D per position, S positions; out [H, D]; scratch [H, S]. Query head h reads kv head
+ * h / (H / Hkv). Split over kv heads, so that no kv head is read by two threads. */
+struct attend_args {
+    const float *q, *k, *v;
+    float *out, *scratch;
+    int64_t H, Hkv, S, D, ldh;
+    float scale;
+};
+
+static inline __attribute__((always_inline)) void attend_head(const float *restrict q, const float *restrict K, const float *restrict V,
+                        float *restrict o, float *restrict p, int64_t S, int64_t D, float scale) {
+    float peak = -INFINITY;
+    for (int64_t s = 0; s < S; s++) {
+        const float *restrict row = K + s * D;
+        float acc = 0.0f;
+#pragma omp simd reduction(+ : acc)
+        for (int64_t i = 0; i < D; i++) acc += q[i] * row[i];
+        acc *= scale;
+        p[s] = acc;
+        peak = acc > peak ? acc : peak;
+    }
+    float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+    for (int64_t s = 0; s < S; s++) {
+        const float e = exp_poly(p[s] - peak);
+        p[s] = e;
+        sum += e;
+    }
+    for (int64_t i = 0; i < D; i++) o[i] = 0.0f;
+    for (int64_t s = 0; s < S; s++) {
+        const float *restrict row = V + s * D;
+        const float w = p[s];
+#pragma omp simd
+        for (int64_t i = 0; i < D; i++) o[i] += w * row[i];
+    }
+    const float inv = 1.0f / sum;
+#pragma omp simd
+    for (int64_t i = 0; i < D; i++) o[i] *= inv;
+}
+
+static void attend_part(void *ctx, int64_t part, int64_t parts) {
+    const struct attend_args *a = ctx;
+    const int64_t G = a->H / a->Hkv, j0 = a->Hkv * part / parts, j1 = a->Hkv * (part + 1) / parts;
+    for (int64_t h = j0 * G; h < j1 * G; h++) {
+        const int64_t j = h / G, D = a->D;
+        const float *q = a->q + h * D, *k = a->k + j * a->ldh, *v = a->v + j * a->ldh;
+        float *o = a->out + h * D, *p = a->scratch + h * a->S;
+        if (D == 128) /* the usual head sizes, unrolled with the output row in registers */
+            attend_head(q, k, v, o, p, a->S, 128, a->scale);
+        else if (D == 64)
+            attend_head(q, k, v, o, p, a->S, 64, a->scale);
+        else
+            attend_head(q, k, v, o, p, a->S, D, a->scale);
+    }
+}
+
+void attend_one(const float *q, const float *k, const float *v, float *out, float *scratch, int64_t H,
+                int64_t Hkv, int64_t S, int64_t D, int64_t ldh, float scale, int64_t threads) {
+    struct attend_args a = {q, k, v, out, scratch, H, Hkv, S, D, ldh, scale};
+    run_parallel(attend_part, &a, threads < Hkv ? threads : Hkv);
 }

@@ -26,13 +26,15 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("kernels.c")
-FLAGS = ["-O3", "-march=native", "-fopenmp-simd", "-ffp-contract=fast", "-fPIC", "-shared"]
+FLAGS = ["-O3", "-march=native", "-fopenmp-simd", "-ffp-contract=fast", "-fPIC", "-shared", "-pthread"]
 _P, _I, _F = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float  # arrays go in as arr.ctypes.data
 SIGNATURES = {
     "rms_norm": [_P, _P, _P, _I, _I, _I, _I, _I, _I, _F],
     "rope": [_P, _P, _P, _P, _I, _I, _I, _I, _I, _I],
     "silu_mul": [_P, _P, _I, _I, _I, _I],
     "softmax_keys": [_P, _P, _I, _I, _I, _I, _I, _I],
+    "gemv": [_P, _P, _P, _I, _I, _I],
+    "attend_one": [_P, _P, _P, _P, _P, _I, _I, _I, _I, _I, _F, _I],
 }
 
 _lock = threading.Lock()

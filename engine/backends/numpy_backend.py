@@ -3,6 +3,8 @@
 Linear weights are float32 and C-contiguous (`linear_weight`). The elementwise parts of a prefill
 (rms_norm, rope, SwiGLU, the causal softmax) run as one-pass C loops from `kernels` when they could be
 built, else as plain numpy; either way in row blocks on a small thread pool, since one call uses one core.
+A decode step's matrix-vector products and its attention over the KV cache run in C on all cores
+(kernels.c has its own pool for them); prefill attention spreads its kv heads over the cores.
 """
 
 from __future__ import annotations
@@ -79,11 +81,24 @@ def linear_weight(w: np.ndarray) -> np.ndarray:
 
 
 def linear(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
-    """x @ w.T (+ b) for a [out, in] weight."""
-    y = x @ w.T
+    """x @ w.T (+ b) for a [out, in] weight. One row (decode): the C loops' matrix-vector product on
+    DECODE_THREADS cores, as fast as OpenBLAS's and without waking its threads (see kernels.c)."""
+    lib = kernels.load()
+    if lib is not None and x.shape[0] == 1 and x.ndim == 2 and _dense_f32(x) and _dense_f32(w):
+        y = np.empty((1, w.shape[0]), dtype=np.float32)
+        lib.gemv(w.ctypes.data, x.ctypes.data, y.ctypes.data, w.shape[0], w.shape[1], DECODE_THREADS)
+    else:
+        y = x @ w.T
     if b is not None:
         y += b
     return y
+
+
+DECODE_THREADS = min(8, os.cpu_count() or 1)  # matrix-vector products stop scaling with cores before
+
+
+def _dense_f32(a: np.ndarray) -> bool:
+    return a.dtype == np.float32 and a.flags.c_contiguous
 
 
 def embedding(table: np.ndarray, ids: Any) -> np.ndarray:
@@ -271,8 +286,16 @@ def sdpa(q: np.ndarray, k: np.ndarray, v: np.ndarray, scale: float, causal_offse
     h, t, d = q.shape
     hkv, s, _ = k.shape
     g = h // hkv
+    decode = t == 1 and causal_offset + 1 == s  # one query sees every key: no mask, no blocks
+    lib = kernels.load()
+    if decode and lib is not None and _dense_f32(q) and _kv_rows(k, d) and v.strides == k.strides:
+        out = np.empty((h, 1, d), dtype=np.float32)  # in C, on DECODE_THREADS cores (kernels.c)
+        args = (q.ctypes.data, k.ctypes.data, v.ctypes.data, out.ctypes.data)
+        scratch = _scores_buffer(h * s).ctypes.data
+        lib.attend_one(*args, scratch, h, hkv, s, d, k.strides[0] // 4, scale, DECODE_THREADS)
+        return out
     qg = np.multiply(q, np.float32(scale)).reshape(hkv, g, t, d)  # scale on q: smaller than on scores
-    if t == 1 and causal_offset + 1 == s:  # decode: one query sees every key, no mask, no blocks
+    if decode:
         scores = np.matmul(qg.reshape(hkv, g, d), k.transpose(0, 2, 1))  # [Hkv, G, S]
         scores -= scores.max(axis=-1, keepdims=True)
         np.exp(scores, out=scores)
@@ -293,6 +316,11 @@ def sdpa(q: np.ndarray, k: np.ndarray, v: np.ndarray, scale: float, causal_offse
     with blas_threads.single_threaded():
         _parallel(one_head, list(range(hkv)))
     return out.reshape(h, t, d)
+
+
+def _kv_rows(k: np.ndarray, d: int) -> bool:
+    """float32 [Hkv, S, D] with contiguous rows of D (a view of the first S positions of a cache)."""
+    return k.dtype == np.float32 and k.strides[1:] == (4 * d, 4) and k.strides[0] % 4 == 0
 
 
 def _causal_blocks(
