@@ -172,3 +172,13 @@ def test_the_decode_pool_works_in_a_forked_child(monkeypatch: pytest.MonkeyPatch
     if proc.is_alive():
         proc.kill()
     assert got == [[64.0] * 512]
+
+
+def test_remembered_addresses_follow_the_array_not_its_id() -> None:
+    """Weights' addresses are remembered by id; a new array that reuses a dead one's id gets its own."""
+    for n in range(200):
+        a = np.full(1000 + n, n, dtype=np.float32)
+        assert numpy_backend._lasting_address(a) == a.ctypes.data
+        assert numpy_backend._lasting_address(a) == a.ctypes.data  # the remembered one
+        del a
+    assert len(numpy_backend._lasting) < 10  # entries leave with their arrays

@@ -288,50 +288,71 @@ struct attend_args {
     float scale;
 };
 
-static inline __attribute__((always_inline)) void attend_head(const float *restrict q, const float *restrict K, const float *restrict V,
-                        float *restrict o, float *restrict p, int64_t S, int64_t D, float scale) {
-    float peak = -INFINITY;
+/* The G query heads q [G, D] that share one kv head, in one pass over its keys and one over its
+ * values: each row is loaded once for all G. p [G, S] scratch; o [G, D]. */
+static inline __attribute__((always_inline)) void attend_group(const float *restrict q, const float *restrict K,
+                                                               const float *restrict V, float *restrict o,
+                                                               float *restrict p, int64_t G, int64_t S, int64_t D,
+                                                               float scale) {
+    float peak[16], sum[16];
+    for (int64_t g = 0; g < G; g++) peak[g] = -INFINITY, sum[g] = 0.0f;
     for (int64_t s = 0; s < S; s++) {
         const float *restrict row = K + s * D;
-        float acc = 0.0f;
+        for (int64_t g = 0; g < G; g++) {
+            const float *restrict qg = q + g * D;
+            float acc = 0.0f;
 #pragma omp simd reduction(+ : acc)
-        for (int64_t i = 0; i < D; i++) acc += q[i] * row[i];
-        acc *= scale;
-        p[s] = acc;
-        peak = acc > peak ? acc : peak;
+            for (int64_t i = 0; i < D; i++) acc += qg[i] * row[i];
+            acc *= scale;
+            p[g * S + s] = acc;
+            peak[g] = acc > peak[g] ? acc : peak[g];
+        }
     }
-    float sum = 0.0f;
-#pragma omp simd reduction(+ : sum)
-    for (int64_t s = 0; s < S; s++) {
-        const float e = exp_poly(p[s] - peak);
-        p[s] = e;
-        sum += e;
+    for (int64_t g = 0; g < G; g++) {
+        float *restrict pg = p + g * S;
+        const float m = peak[g];
+        float total = 0.0f;
+#pragma omp simd reduction(+ : total)
+        for (int64_t s = 0; s < S; s++) {
+            const float e = exp_poly(pg[s] - m);
+            pg[s] = e;
+            total += e;
+        }
+        sum[g] = total;
     }
-    for (int64_t i = 0; i < D; i++) o[i] = 0.0f;
+    for (int64_t i = 0; i < G * D; i++) o[i] = 0.0f;
     for (int64_t s = 0; s < S; s++) {
         const float *restrict row = V + s * D;
-        const float w = p[s];
+        for (int64_t g = 0; g < G; g++) {
+            const float w = p[g * S + s];
+            float *restrict og = o + g * D;
 #pragma omp simd
-        for (int64_t i = 0; i < D; i++) o[i] += w * row[i];
+            for (int64_t i = 0; i < D; i++) og[i] += w * row[i];
+        }
     }
-    const float inv = 1.0f / sum;
+    for (int64_t g = 0; g < G; g++) {
+        const float inv = 1.0f / sum[g];
 #pragma omp simd
-    for (int64_t i = 0; i < D; i++) o[i] *= inv;
+        for (int64_t i = 0; i < D; i++) o[g * D + i] *= inv;
+    }
 }
 
 static void attend_part(void *ctx, int64_t part, int64_t parts) {
     const struct attend_args *a = ctx;
     const int64_t G = a->H / a->Hkv, j0 = a->Hkv * part / parts, j1 = a->Hkv * (part + 1) / parts;
-    for (int64_t h = j0 * G; h < j1 * G; h++) {
-        const int64_t j = h / G, D = a->D;
-        const float *q = a->q + h * D, *k = a->k + j * a->ldh, *v = a->v + j * a->ldh;
-        float *o = a->out + h * D, *p = a->scratch + h * a->S;
-        if (D == 128) /* the usual head sizes, unrolled with the output row in registers */
-            attend_head(q, k, v, o, p, a->S, 128, a->scale);
-        else if (D == 64)
-            attend_head(q, k, v, o, p, a->S, 64, a->scale);
-        else
-            attend_head(q, k, v, o, p, a->S, D, a->scale);
+    for (int64_t j = j0; j < j1; j++) {
+        const int64_t D = a->D;
+        for (int64_t g0 = 0; g0 < G; g0 += 16) { /* groups of at most 16 heads (peak, sum on the stack) */
+            const int64_t n = G - g0 < 16 ? G - g0 : 16, h = j * G + g0;
+            const float *q = a->q + h * D, *k = a->k + j * a->ldh, *v = a->v + j * a->ldh;
+            float *o = a->out + h * D, *p = a->scratch + h * a->S;
+            if (D == 128) /* the usual head sizes, unrolled */
+                attend_group(q, k, v, o, p, n, a->S, 128, a->scale);
+            else if (D == 64)
+                attend_group(q, k, v, o, p, n, a->S, 64, a->scale);
+            else
+                attend_group(q, k, v, o, p, n, a->S, D, a->scale);
+        }
     }
 }
 
