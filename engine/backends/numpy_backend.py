@@ -130,16 +130,25 @@ def rms_norm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
     """HF's Qwen/Llama RMSNorm in float32: x / sqrt(mean(x^2) + eps) * w over the last axis; prefill-sized
     inputs in row blocks on the thread pool."""
     out = np.empty(x.shape, dtype=np.float32)
-    blocks = _row_blocks(x)
     lib = kernels.load()
-    if lib is not None and x.ndim in (2, 3) and _f32_rows(x) and _f32_rows(w):
+    if lib is not None and (x.ndim == 2 or x.ndim == 3) and _f32_rows(x) and _f32_rows(w):
         # one pass in C; rows (t, h) of a [T, H, D] view such as q inside the fused qkv output
-        ldt, ldh = x.strides[0] // 4, (x.strides[1] // 4 if x.ndim == 3 else 0)
-        heads = x.shape[1] if x.ndim == 3 else 1
+        three = x.ndim == 3
         args = (_address(x), _lasting_address(w), _address(out))
-        rest = (heads, x.shape[-1], ldt, ldh, eps)
-        _parallel(lambda rows: lib.rms_norm(*args, rows.start, rows.stop, *rest), blocks)
-    elif len(blocks) == 1:
+        rest = (
+            x.shape[1] if three else 1,
+            x.shape[-1],
+            x.strides[0] // 4,
+            x.strides[1] // 4 if three else 0,
+            eps,
+        )
+        if x.size < PARALLEL_MIN_ELEMENTS:  # decode: no thread hand-off
+            lib.rms_norm(*args, 0, x.shape[0], *rest)
+        else:
+            _parallel(lambda rows: lib.rms_norm(*args, rows.start, rows.stop, *rest), _row_blocks(x))
+        return out
+    blocks = _row_blocks(x)
+    if len(blocks) == 1:
         _rms_norm_into(x, w, eps, out)
     else:
         _parallel(lambda rows: _rms_norm_into(x[rows], w, eps, out[rows]), blocks)
@@ -147,9 +156,12 @@ def rms_norm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
 
 
 def _f32_rows(x: np.ndarray) -> bool:
-    """float32 with contiguous last axis and non-negative strides that are whole elements: what the C
-    loops index."""
-    return x.dtype == np.float32 and x.strides[-1] == 4 and all(s >= 0 and s % 4 == 0 for s in x.strides)
+    """float32 with contiguous last axis and non-negative strides that are whole elements ("aligned"):
+    what the C loops index."""
+    return x.dtype == _F32 and x.strides[-1] == 4 and x.flags.aligned and min(x.strides) >= 0
+
+
+_F32 = np.dtype(np.float32)
 
 
 def _rms_norm_into(x: np.ndarray, w: np.ndarray, eps: float, out: np.ndarray) -> None:
@@ -191,7 +203,10 @@ def silu_mul(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
     ):  # the two halves of one [T, 2I] gate_up output: one pass in C
         ld, width = gate.strides[0] // 4, gate.shape[1]
         args = (_address(gate), _address(out))
-        _parallel(lambda rows: lib.silu_mul(*args, rows.start, rows.stop, width, ld), _row_blocks(gate))
+        if gate.size < PARALLEL_MIN_ELEMENTS:  # decode: no thread hand-off
+            lib.silu_mul(*args, 0, gate.shape[0], width, ld)
+        else:
+            _parallel(lambda rows: lib.silu_mul(*args, rows.start, rows.stop, width, ld), _row_blocks(gate))
         return out
 
     def work(rows: slice) -> None:
@@ -238,7 +253,10 @@ def rope(x: np.ndarray, offset: int, inv_freq: np.ndarray) -> np.ndarray:
         # one pass in C, reading x through its strides (q and k arrive as transposed views)
         ldh, ldt = x.strides[0] // 4, x.strides[1] // 4
         args = (_address(x), _lasting_address(cos), _lasting_address(sin), _address(out))
-        _parallel(lambda heads: lib.rope(*args, heads.start, heads.stop, t, d, ldh, ldt), _row_blocks(x))
+        if x.size < PARALLEL_MIN_ELEMENTS:  # decode: no thread hand-off
+            lib.rope(*args, 0, x.shape[0], t, d, ldh, ldt)
+        else:
+            _parallel(lambda heads: lib.rope(*args, heads.start, heads.stop, t, d, ldh, ldt), _row_blocks(x))
         return out
 
     def work(heads: slice) -> None:
