@@ -50,19 +50,22 @@ QWEN3_06B = {
     "torch_dtype": "bfloat16",
 }
 NOTES = """\
-Where numpy prefill time goes (lead's profile of one 2048-token prefill, 2026-11-22): weight matmuls
-~55% (at the GEMM limit; nothing left there), attention ~33% (the two attention products run at ~150
-GFLOP/s, K or N being head_dim = 128, against ~250 for the weight GEMMs), rms_norm + rope + SwiGLU ~6%.
-transformers' own profile of the same prefill: matmuls 6.5 s, fused flash attention 2.5 s, elementwise
-~2 s, plus 2.6 s for the logits of every position. Fixed on 2026-11-22: attention scores went to a
-fresh 64 MiB array per block, whose page faults cost more than the product itself (63 vs 164
-GFLOP/s); numpy's huge-page advice made every first touch 4-6x slower on this VM; rms_norm, rope,
-SwiGLU and the causal softmax now run as one-pass C loops (engine/backends/kernels.c, built at set-up
-with the system compiler; plain numpy when there is none): 2.2 s -> 0.7 s for the first three, the
-softmax 1.6x faster. Tried and dropped: C decode attention and splitting decode attention over two
-threads (a thread hand-off costs ~140 us on this VM; the BLAS calls contended). Decode after 512
-tokens also reads the KV cache (117 MB per step, 5% of the weights' bytes) through small per-head
-products on one core: most of the gap to the floor.
+Where the time goes (lead's profiles, 2026-11-22). Prefill 2048: weight matmuls ~60% (OpenBLAS
+sgemm at the GEMM limit), attention ~28%, elementwise ~5%; transformers' own profile of the same prefill:
+matmuls 6.5 s, fused flash attention 2.5 s, elementwise ~2 s, plus 2.6 s for the logits of every
+position. Decode after 512 tokens: the matrix-vector products (what the floor measures), then the
+KV-cache read (117 MB per step, 5% of the weights' bytes) ~6%, then Python between the C calls ~3%.
+What got here: prefill attention gives each core its own kv heads with single-threaded BLAS, so a
+head's scores stay in L2 (~25% faster attention); OpenBLAS's idle workers sleep after 2^20 cycles
+instead of 2^28, since they took a core from every thread of ours (engine sets OPENBLAS_THREAD_TIMEOUT
+before numpy loads OpenBLAS). Decode calls no BLAS: its matrix-vector products and KV-cache attention
+are C loops split over the cores by a pool of spinning C threads (a hand-off of a few us, against
+~140 us for a Python thread); the attention reads each kv head once for all its query heads (1.7x) and
+prefetches 12 rows ahead (1.6x). Earlier: a reused scores buffer, no huge-page advice, one-pass C loops
+for rms_norm, rope, SwiGLU and the causal softmax. Tried and dropped: OpenMP threads for decode
+attention (they fought OpenBLAS's spinning workers: 6x slower), OpenBLAS's batched GEMM (this build
+crashes on small batches), per-head threaded BLAS gemv called from C (no faster), non-temporal
+prefetching in the matrix-vector product (slower).
 """
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -37,7 +37,7 @@ def check_numpy() -> Check:
 
 
 def check_kernels() -> Check:
-    """The numpy backend's fused C loops: without them it still works, ~10% slower in prefill."""
+    """The numpy backend's C loops: without them it still works, slower in prefill and in decode."""
     try:
         from engine.backends import kernels
 
