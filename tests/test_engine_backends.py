@@ -66,6 +66,17 @@ def test_rope_rotates_half(backend: str, offset: int) -> None:
     assert np.abs(got - reference_rope(x, offset, inv_freq)).max() < 1e-3 * (1 + offset / 100)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_rope_can_rms_normalise_each_head_first(backend: str) -> None:
+    ops = get_backend(backend)
+    x, w = f32(4, 30, 32), f32(32)
+    inv_freq = (1.0 / 10000 ** (np.arange(0, 32, 2) / 32)).astype(np.float32)
+    x64 = x.astype(np.float64)
+    normed = (x64 / np.sqrt((x64**2).mean(-1, keepdims=True) + 1e-6) * w).astype(np.float32)
+    got = ops.to_numpy(ops.rope(ops.asarray(x), 5, ops.asarray(inv_freq, "float32"), ops.asarray(w), 1e-6))
+    assert np.abs(got - reference_rope(normed, 5, inv_freq)).max() < 1e-4
+
+
 def test_numpy_threaded_elementwise_equals_single_block(monkeypatch: pytest.MonkeyPatch) -> None:
     gate, up, x = f32(64, 40), f32(64, 40), f32(6, 50, 16)
     inv_freq = (1.0 / 10000 ** (np.arange(0, 16, 2) / 16)).astype(np.float32)

@@ -73,6 +73,17 @@ def test_rope_reads_transposed_heads(both_paths) -> None:
     assert close(*both_paths(lambda: numpy_backend.rope(x, 123, inv_freq)))
 
 
+def test_rope_with_head_norm_in_one_pass(both_paths) -> None:
+    qkv = rng.standard_normal((45, (6 + 2 * 2) * 32)).astype(np.float32)
+    q = qkv[:, : 6 * 32].reshape(45, 6, 32).transpose(1, 0, 2)  # [H, T, D] view inside qkv
+    inv_freq = (1.0 / 10000 ** (np.arange(0, 32, 2) / 32)).astype(np.float32)
+    w = rng.standard_normal(32).astype(np.float32)
+    fused = both_paths(lambda: numpy_backend.rope(q, 7, inv_freq, w, 1e-6))
+    assert close(*fused)
+    composed = numpy_backend.rope(numpy_backend.rms_norm(q, w, 1e-6), 7, inv_freq)
+    assert close(fused[0], composed)
+
+
 def test_silu_mul_on_the_halves_of_gate_up(both_paths) -> None:
     gate_up = (4 * rng.standard_normal((29, 2 * 40))).astype(np.float32)
     got = both_paths(lambda: numpy_backend.silu_mul(gate_up[:, :40], gate_up[:, 40:]))

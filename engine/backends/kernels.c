@@ -56,15 +56,31 @@ void rms_norm(const float *restrict x, const float *restrict w, float *restrict 
 /* Rotary embedding (HF rotate-half): for head h, position t, with c = cos[t], s = sin[t] ([T, D/2]):
  * out[h, t, :D/2] = x1 * c - x2 * s; out[h, t, D/2:] = x2 * c + x1 * s.
  * Input element (h, t, d) at x + h * ldh + t * ldt + d; out contiguous [H, T, D]. Rows are heads
- * [r0, r1). */
+ * [r0, r1). With norm_w (not NULL), each head vector is RMS-normalised first (Qwen3's q_norm, k_norm:
+ * x * norm_w / sqrt(mean(x^2) + eps)), in the same pass. */
 void rope(const float *restrict x, const float *restrict cosv, const float *restrict sinv, float *restrict out,
-          int64_t r0, int64_t r1, int64_t T, int64_t D, int64_t ldh, int64_t ldt) {
+          int64_t r0, int64_t r1, int64_t T, int64_t D, int64_t ldh, int64_t ldt, const float *restrict norm_w,
+          float eps) {
     const int64_t half = D / 2;
     for (int64_t h = r0; h < r1; h++) {
         for (int64_t t = 0; t < T; t++) {
             const float *restrict xi = x + h * ldh + t * ldt;
             const float *restrict c = cosv + t * half, *restrict s = sinv + t * half;
             float *restrict o = out + (h * T + t) * D;
+            if (norm_w) {
+                float ss = 0.0f;
+#pragma omp simd reduction(+ : ss)
+                for (int64_t i = 0; i < D; i++) ss += xi[i] * xi[i];
+                const float scale = 1.0f / sqrtf(ss / (float)D + eps);
+                const float *restrict w1 = norm_w, *restrict w2 = norm_w + half;
+#pragma omp simd
+                for (int64_t i = 0; i < half; i++) {
+                    float x1 = xi[i] * scale * w1[i], x2 = xi[i + half] * scale * w2[i];
+                    o[i] = x1 * c[i] - x2 * s[i];
+                    o[i + half] = x2 * c[i] + x1 * s[i];
+                }
+                continue;
+            }
 #pragma omp simd
             for (int64_t i = 0; i < half; i++) {
                 float x1 = xi[i], x2 = xi[i + half];

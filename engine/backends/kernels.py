@@ -30,7 +30,7 @@ FLAGS = ["-O3", "-march=native", "-fopenmp-simd", "-ffp-contract=fast", "-fPIC",
 _P, _I, _F = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float  # arrays go in as arr.ctypes.data
 SIGNATURES = {
     "rms_norm": [_P, _P, _P, _I, _I, _I, _I, _I, _I, _F],
-    "rope": [_P, _P, _P, _P, _I, _I, _I, _I, _I, _I],
+    "rope": [_P, _P, _P, _P, _I, _I, _I, _I, _I, _I, _P, _F],
     "silu_mul": [_P, _P, _I, _I, _I, _I],
     "softmax_keys": [_P, _P, _I, _I, _I, _I, _I, _I],
     "gemv": [_P, _P, _P, _I, _I, _I],

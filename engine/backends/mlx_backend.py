@@ -109,8 +109,13 @@ def softmax(x: mx.array, axis: int = -1) -> mx.array:
     return mx.softmax(x, axis=axis, precise=True)
 
 
-def rope(x: mx.array, offset: int, inv_freq: mx.array) -> mx.array:
-    """Rotary embedding of x [H, T, D]; mx.fast.rope takes periods (1 / inv_freq) as `freqs`."""
+def rope(
+    x: mx.array, offset: int, inv_freq: mx.array, norm: mx.array | None = None, eps: float = 0.0
+) -> mx.array:
+    """Rotary embedding of x [H, T, D], each head vector RMS-normalised by `norm` first if given;
+    mx.fast.rope takes periods (1 / inv_freq) as `freqs`."""
+    if norm is not None:
+        x = mx.fast.rms_norm(x, norm, eps)
     return mx.fast.rope(
         x,
         x.shape[-1],

@@ -242,22 +242,34 @@ def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
     return y
 
 
-def rope(x: np.ndarray, offset: int, inv_freq: np.ndarray) -> np.ndarray:
-    """Rotary embedding of x [H, T, D] at positions offset..offset+T-1 (HF rotate-half convention)."""
+def rope(
+    x: np.ndarray, offset: int, inv_freq: np.ndarray, norm: np.ndarray | None = None, eps: float = 0.0
+) -> np.ndarray:
+    """Rotary embedding of x [H, T, D] at positions offset..offset+T-1 (HF rotate-half convention).
+    `norm`: RMSNorm weight [D] applied to each head vector first (Qwen3's q_norm and k_norm)."""
     t, d = x.shape[-2], x.shape[-1]
     half = d // 2
     cos, sin = _rope_table(offset, t, inv_freq)
     out = np.empty(x.shape, dtype=np.float32)
     lib = kernels.load()
-    if lib is not None and x.ndim == 3 and _f32_rows(x) and cos.flags.c_contiguous and sin.flags.c_contiguous:
-        # one pass in C, reading x through its strides (q and k arrive as transposed views)
+    if (
+        lib is not None
+        and x.ndim == 3
+        and _f32_rows(x)
+        and cos.flags.c_contiguous
+        and sin.flags.c_contiguous
+        and (norm is None or _dense_f32(norm))
+    ):  # one pass in C, normalising on the way, reading x through its strides (q, k: transposed views)
         ldh, ldt = x.strides[0] // 4, x.strides[1] // 4
         args = (_address(x), _lasting_address(cos), _lasting_address(sin), _address(out))
+        rest = (t, d, ldh, ldt, None if norm is None else _lasting_address(norm), eps)
         if x.size < PARALLEL_MIN_ELEMENTS:  # decode: no thread hand-off
-            lib.rope(*args, 0, x.shape[0], t, d, ldh, ldt)
+            lib.rope(*args, 0, x.shape[0], *rest)
         else:
-            _parallel(lambda heads: lib.rope(*args, heads.start, heads.stop, t, d, ldh, ldt), _row_blocks(x))
+            _parallel(lambda heads: lib.rope(*args, heads.start, heads.stop, *rest), _row_blocks(x))
         return out
+    if norm is not None:
+        x = rms_norm(x, norm, eps)
 
     def work(heads: slice) -> None:
         x1, x2 = x[heads, :, :half], x[heads, :, half:]

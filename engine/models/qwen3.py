@@ -47,10 +47,9 @@ class Attention:
         q = qkv[:, : self.q_size].reshape(t, self.n_heads, d)
         k = qkv[:, self.q_size : self.q_size + self.kv_size].reshape(t, self.n_kv_heads, d)
         v = qkv[:, self.q_size + self.kv_size :].reshape(t, self.n_kv_heads, d)
-        q = ops.rope(
-            ops.rms_norm(q, self.q_norm, self.eps).transpose(1, 0, 2), offset, self.inv_freq
-        )  # [H, T, D]
-        k = ops.rope(ops.rms_norm(k, self.k_norm, self.eps).transpose(1, 0, 2), offset, self.inv_freq)
+        # q_norm, k_norm on each head vector, then rotary: one op, one pass  -> [H, T, D]
+        q = ops.rope(q.transpose(1, 0, 2), offset, self.inv_freq, self.q_norm, self.eps)
+        k = ops.rope(k.transpose(1, 0, 2), offset, self.inv_freq, self.k_norm, self.eps)
         k, v = cache.update_and_fetch(layer, k, v.transpose(1, 0, 2))  # [Hkv, S, D]
         out = ops.sdpa(q, k, v, self.scale, offset)  # [H, T, D]
         return ops.linear(out.transpose(1, 0, 2).reshape(t, self.n_heads * d), self.o_proj, self.o_bias)
