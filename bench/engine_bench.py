@@ -371,7 +371,7 @@ def main() -> None:
         run_worker(args.worker)
         return
     args.prefill = [128, 512] if args.quick else [512, 2048]
-    args.decode_after, args.decode_steps, args.reps = (256, 8, 1) if args.quick else (512, 24, 3)
+    args.decode_after, args.decode_steps, args.reps = (256, 8, 1) if args.quick else (512, 24, 5)
     args.mlx_prefill, args.mlx_decode_steps = 16, 3
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="wb-engine-bench-") as tmp:
