@@ -77,6 +77,38 @@ def test_chunked_prefill_equals_one_pass(tiny_model: TinyModels, backend: str) -
     assert np.abs(model.logits(tiny.prompt) - tiny.reference_logits).max() <= 1e-4
 
 
+@pytest.mark.parametrize("backend", ["numpy", "mlx"])
+@pytest.mark.parametrize("name", ["qwen3", "qwen2_tied_classic", "llama3_classic"])
+def test_last_layer_skips_the_rows_nobody_reads(tiny_model: TinyModels, backend: str, name: str) -> None:
+    """In a prefill the last layer runs attention and MLP only for the rows whose logits are asked for,
+    yet fills the cache exactly as computing every row does."""
+    tiny = tiny_model(name)
+    model = engine.load_model(tiny.path, backend=backend)
+    block = model.network.layers[-1]
+    rows_seen: list[int] = []
+    mlp = block.mlp
+
+    def recording_mlp(x: object) -> object:
+        rows_seen.append(x.shape[0])  # type: ignore[attr-defined]
+        return mlp(x)
+
+    block.mlp = recording_mlp
+    model.prefill_chunk = 16  # 40 tokens -> chunks of 16, 16 ("none") and 8 ("last")
+    cache = model.make_cache()
+    last = model.forward(tiny.prompt, cache)
+    assert rows_seen == [1]  # not 16 + 16 + 8
+    full = model.make_cache()
+    for start in range(0, len(tiny.prompt), 16):  # every row of every layer, as Model.logits does
+        model.network(tiny.prompt[start : start + 16], full, "all")
+    for layer in range(len(model.network.layers)):
+        for got, want in ((cache.keys, full.keys), (cache.values, full.values)):
+            a = np.asarray(got[layer][:, : len(tiny.prompt)])
+            b = np.asarray(want[layer][:, : len(tiny.prompt)])
+            assert np.abs(a - b).max() <= 1e-5
+    tolerance = mlx_tolerance() if backend == "mlx" else NUMPY_TOLERANCE
+    assert np.abs(last - tiny.reference_logits[-1]).max() <= tolerance
+
+
 @pytest.mark.parametrize("name", sorted(SPECS))
 def test_numpy_greedy_matches_transformers(tiny_model: TinyModels, name: str) -> None:
     tiny = tiny_model(name)

@@ -8,7 +8,7 @@ from types import ModuleType
 from typing import Any
 
 from engine.cache import KVCache
-from engine.models.base import BaseModelArgs, CausalLM
+from engine.models.base import BaseModelArgs, CausalLM, kept_rows
 from engine.weights import WeightReader
 
 
@@ -41,15 +41,18 @@ class Attention:
             [f"{prefix}.o_proj"], [args.hidden_size], q_size, args.attention_bias
         )
 
-    def __call__(self, x: Any, cache: KVCache, layer: int, offset: int) -> Any:
+    def __call__(self, x: Any, cache: KVCache, layer: int, offset: int, keep: slice | None = None) -> Any:
         ops, t, d = self.ops, x.shape[0], self.head_dim
         qkv = ops.linear(x, self.qkv, self.qkv_bias)  # [T, (H + 2 Hkv) * D]
-        q = qkv[:, : self.q_size].reshape(t, self.n_heads, d).transpose(1, 0, 2)  # [H, T, D]
         k = qkv[:, self.q_size : self.q_size + self.kv_size].reshape(t, self.n_kv_heads, d).transpose(1, 0, 2)
         v = qkv[:, self.q_size + self.kv_size :].reshape(t, self.n_kv_heads, d).transpose(1, 0, 2)
-        q = ops.rope(q, offset, self.inv_freq)
         k = ops.rope(k, offset, self.inv_freq)
         k, v = cache.update_and_fetch(layer, k, v)  # [Hkv, S, D]
+        qkv, offset, t = kept_rows(qkv, offset, t, keep)
+        if t == 0:
+            return None
+        q = qkv[:, : self.q_size].reshape(t, self.n_heads, d).transpose(1, 0, 2)  # [H, T, D]
+        q = ops.rope(q, offset, self.inv_freq)
         out = ops.sdpa(q, k, v, self.scale, offset)  # [H, T, D]
         return ops.linear(out.transpose(1, 0, 2).reshape(t, self.n_heads * d), self.o_proj, self.o_bias)
 

@@ -7,7 +7,7 @@ from types import ModuleType
 from typing import Any
 
 from engine.cache import KVCache
-from engine.models.base import BaseModelArgs, CausalLM
+from engine.models.base import BaseModelArgs, CausalLM, kept_rows
 from engine.weights import WeightReader
 
 
@@ -41,16 +41,19 @@ class Attention:
         self.q_norm = w.vector(f"{prefix}.q_norm.weight", self.head_dim)
         self.k_norm = w.vector(f"{prefix}.k_norm.weight", self.head_dim)
 
-    def __call__(self, x: Any, cache: KVCache, layer: int, offset: int) -> Any:
+    def __call__(self, x: Any, cache: KVCache, layer: int, offset: int, keep: slice | None = None) -> Any:
         ops, t, d = self.ops, x.shape[0], self.head_dim
         qkv = ops.linear(x, self.qkv, self.qkv_bias)  # [T, (H + 2 Hkv) * D]
-        q = qkv[:, : self.q_size].reshape(t, self.n_heads, d)
         k = qkv[:, self.q_size : self.q_size + self.kv_size].reshape(t, self.n_kv_heads, d)
         v = qkv[:, self.q_size + self.kv_size :].reshape(t, self.n_kv_heads, d)
-        # q_norm, k_norm on each head vector, then rotary: one op, one pass  -> [H, T, D]
-        q = ops.rope(q.transpose(1, 0, 2), offset, self.inv_freq, self.q_norm, self.eps)
+        # k_norm on each head vector, then rotary: one op, one pass  -> [Hkv, T, D]
         k = ops.rope(k.transpose(1, 0, 2), offset, self.inv_freq, self.k_norm, self.eps)
         k, v = cache.update_and_fetch(layer, k, v.transpose(1, 0, 2))  # [Hkv, S, D]
+        qkv, offset, t = kept_rows(qkv, offset, t, keep)
+        if t == 0:
+            return None
+        q = qkv[:, : self.q_size].reshape(t, self.n_heads, d)
+        q = ops.rope(q.transpose(1, 0, 2), offset, self.inv_freq, self.q_norm, self.eps)  # [H, T, D]
         out = ops.sdpa(q, k, v, self.scale, offset)  # [H, T, D]
         return ops.linear(out.transpose(1, 0, 2).reshape(t, self.n_heads * d), self.o_proj, self.o_bias)
 
