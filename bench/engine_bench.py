@@ -61,9 +61,10 @@ instead of 2^28, since they took a core from every thread of ours (engine sets O
 before numpy loads OpenBLAS). Decode calls no BLAS: its matrix-vector products and KV-cache attention
 are C loops split over the cores by a pool of spinning C threads (a hand-off of a few us, against
 ~140 us for a Python thread); the attention reads each kv head once for all its query heads (1.7x) and
-prefetches 12 rows ahead (1.6x). Earlier: a reused scores buffer, no huge-page advice, one-pass C loops
-for rms_norm, rope, SwiGLU and the causal softmax. Tried and dropped: OpenMP threads for decode
-attention (they fought OpenBLAS's spinning workers: 6x slower), OpenBLAS's batched GEMM (this build
+prefetches 12 rows ahead (1.6x). The last layer of a prefill runs attention and MLP only for the rows
+whose logits are read (1/28 of that work). Earlier: a reused scores buffer, no huge-page advice,
+one-pass C loops for rms_norm, rope, SwiGLU and the causal softmax. Tried and dropped: OpenMP threads
+for decode attention (they fought OpenBLAS's spinning workers: 6x slower), OpenBLAS's batched GEMM (this build
 crashes on small batches), per-head threaded BLAS gemv called from C (no faster), non-temporal
 prefetching in the matrix-vector product (slower).
 """
