@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from engine.backends import get_backend, numpy_backend
+from engine.backends import get_backend, numpy_attention, numpy_backend, numpy_threads
 from engine.errors import EngineError
 
 BACKENDS = ["numpy", "mlx"]
@@ -50,8 +50,8 @@ def test_sdpa_is_causal_grouped_attention(backend: str, t: int, s: int) -> None:
 
 
 def test_numpy_sdpa_row_blocks_and_threads_match(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(numpy_backend, "ATTENTION_ROWS", 48)  # 300 rows -> 7 blocks, last one partial
-    monkeypatch.setattr(numpy_backend, "PARALLEL_MIN_ELEMENTS", 1000)
+    monkeypatch.setattr(numpy_attention, "ATTENTION_ROWS", 48)  # 300 rows -> 7 blocks, last one partial
+    monkeypatch.setattr(numpy_threads, "PARALLEL_MIN_ELEMENTS", 1000)
     q, k, v = f32(8, 300, 16), f32(2, 340, 16), f32(2, 340, 16)
     got = numpy_backend.sdpa(q, k, v, 0.25, 40)
     assert np.abs(got - reference_attention(q, k, v, 0.25, 40)).max() < 1e-5
@@ -81,7 +81,7 @@ def test_numpy_threaded_elementwise_equals_single_block(monkeypatch: pytest.Monk
     gate, up, x = f32(64, 40), f32(64, 40), f32(6, 50, 16)
     inv_freq = (1.0 / 10000 ** (np.arange(0, 16, 2) / 16)).astype(np.float32)
     single = numpy_backend.silu_mul(gate, up), numpy_backend.rope(x, 3, inv_freq)
-    monkeypatch.setattr(numpy_backend, "PARALLEL_MIN_ELEMENTS", 100)
+    monkeypatch.setattr(numpy_threads, "PARALLEL_MIN_ELEMENTS", 100)
     threaded = numpy_backend.silu_mul(gate, up), numpy_backend.rope(x, 3, inv_freq)
     assert all(np.array_equal(a, b) for a, b in zip(single, threaded, strict=True))
 

@@ -11,7 +11,7 @@ import threading
 import numpy as np
 import pytest
 
-from engine.backends import blas_threads, kernels, numpy_backend
+from engine.backends import blas_threads, kernels, numpy_attention, numpy_backend
 from tests.test_engine_backends import reference_attention
 
 rng = np.random.default_rng(5)
@@ -27,16 +27,16 @@ def head_parallel(monkeypatch: pytest.MonkeyPatch) -> list[tuple[bool, int]]:
     """Force the head-parallel path on small inputs; record, per block run, whether it used the thread
     pool itself and how many threads BLAS had."""
     monkeypatch.setattr(blas_threads, "short_spin", True)
-    monkeypatch.setattr(numpy_backend, "HEAD_PARALLEL_MIN", 1)
-    monkeypatch.setattr(numpy_backend, "HEAD_ROWS", 48)  # several row blocks, the last one partial
+    monkeypatch.setattr(numpy_attention, "HEAD_PARALLEL_MIN", 1)
+    monkeypatch.setattr(numpy_attention, "HEAD_ROWS", 48)  # several row blocks, the last one partial
     calls: list[tuple[bool, int]] = []
-    inner = numpy_backend._causal_blocks
+    inner = numpy_attention._causal_blocks
 
     def recording(*args: object, threads: bool) -> None:
         calls.append((threads, blas_threads.threads()))
         inner(*args, threads=threads)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(numpy_backend, "_causal_blocks", recording)
+    monkeypatch.setattr(numpy_attention, "_causal_blocks", recording)
     return calls
 
 

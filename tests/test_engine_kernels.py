@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import pytest
 
-from engine.backends import kernels, numpy_backend
+from engine.backends import kernels, numpy_attention, numpy_backend, numpy_threads
 
 rng = np.random.default_rng(11)
 
@@ -40,7 +40,7 @@ def both_paths(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[Callable[[
     """Run a computation with the C loops, then with plain numpy; inputs big enough for the threads."""
     lib = kernels.load()
     assert lib is not None, "the C loops must build on this machine (gcc is part of the set-up)"
-    monkeypatch.setattr(numpy_backend, "PARALLEL_MIN_ELEMENTS", 1000)
+    monkeypatch.setattr(numpy_threads, "PARALLEL_MIN_ELEMENTS", 1000)
 
     def run(fn: Callable[[], np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         counting = CountingLib(lib)
@@ -92,7 +92,7 @@ def test_silu_mul_on_the_halves_of_gate_up(both_paths) -> None:
 
 @pytest.mark.parametrize(("t", "s"), [(300, 300), (70, 340), (5, 5)])
 def test_causal_blocks_softmax(both_paths, monkeypatch: pytest.MonkeyPatch, t: int, s: int) -> None:
-    monkeypatch.setattr(numpy_backend, "ATTENTION_ROWS", 48)  # several blocks, the last one partial
+    monkeypatch.setattr(numpy_attention, "ATTENTION_ROWS", 48)  # several blocks, the last one partial
     q, k, v = f32(8, t, 16), f32(2, s, 16), f32(2, s, 16)
     assert close(*both_paths(lambda: numpy_backend.sdpa(q, k, v, 0.25, s - t)))
 
@@ -136,7 +136,7 @@ def test_decode_matrix_vector_product_on_the_pool(
 ) -> None:
     counting = CountingLib(kernels.load())
     monkeypatch.setattr(kernels, "_lib", counting)
-    monkeypatch.setattr(numpy_backend, "DECODE_THREADS", threads)
+    monkeypatch.setattr(numpy_threads, "DECODE_THREADS", threads)
     x, w, b = f32(1, cols), f32(rows, cols), f32(rows)
     got = numpy_backend.linear(x, w, b)
     assert counting.calls == 1
@@ -153,7 +153,7 @@ def test_decode_attention_on_the_pool_reads_cache_views(
 ) -> None:
     from tests.test_engine_backends import reference_attention
 
-    monkeypatch.setattr(numpy_backend, "DECODE_THREADS", threads)
+    monkeypatch.setattr(numpy_threads, "DECODE_THREADS", threads)
     cache_k, cache_v = f32(kv_heads, 64, dim), f32(kv_heads, 64, dim)
     k, v, q = cache_k[:, :37], cache_v[:, :37], f32(heads, 1, dim)  # the first 37 of 64 positions
     counting = CountingLib(kernels.load())
@@ -172,7 +172,7 @@ def test_the_decode_pool_works_in_a_forked_child(monkeypatch: pytest.MonkeyPatch
     """Its workers stay with the parent on fork: the child must start its own, not wait for them."""
     import multiprocessing
 
-    monkeypatch.setattr(numpy_backend, "DECODE_THREADS", 2)
+    monkeypatch.setattr(numpy_threads, "DECODE_THREADS", 2)
     numpy_backend.linear(f32(1, 64), f32(512, 64))  # the parent's workers exist now
     ctx = multiprocessing.get_context("fork")
     parent, child = ctx.Pipe()
@@ -189,7 +189,7 @@ def test_remembered_addresses_follow_the_array_not_its_id() -> None:
     """Weights' addresses are remembered by id; a new array that reuses a dead one's id gets its own."""
     for n in range(200):
         a = np.full(1000 + n, n, dtype=np.float32)
-        assert numpy_backend._lasting_address(a) == a.ctypes.data
-        assert numpy_backend._lasting_address(a) == a.ctypes.data  # the remembered one
+        assert numpy_threads.lasting_address(a) == a.ctypes.data
+        assert numpy_threads.lasting_address(a) == a.ctypes.data  # the remembered one
         del a
-    assert len(numpy_backend._lasting) < 10  # entries leave with their arrays
+    assert len(numpy_threads.lasting) < 10  # entries leave with their arrays
