@@ -3,14 +3,20 @@
 Each layer holds preallocated key/value buffers [n_kv_heads, capacity, head_dim]. When a write does not
 fit, capacity at least doubles (rounded up to `step`), so appending T tokens one by one copies O(T) values
 in total, never O(T^2). Attention reads views of the first `length` positions.
+
+With a pool (engine.kvpool, the numpy backend), buffers come from arrays earlier caches of the same
+model gave back, and go back to it when outgrown or when the cache is gone.
 """
 
 from __future__ import annotations
 
+import weakref
 from types import ModuleType
 from typing import Any
 
 import numpy as np
+
+from engine.kvpool import ArrayPool
 
 
 class KVCache:
@@ -22,6 +28,7 @@ class KVCache:
         head_dim: int,
         dtype: str | None = None,
         step: int = 256,
+        pool: ArrayPool | None = None,
     ) -> None:
         self.ops = ops
         self.n_layers = n_layers
@@ -32,6 +39,9 @@ class KVCache:
         self.keys: list[Any] = [None] * n_layers
         self.values: list[Any] = [None] * n_layers
         self.lengths = [0] * n_layers
+        self.pool = pool
+        if pool is not None:  # the lists, not the cache: the finalizer must not keep the cache alive
+            weakref.finalize(self, _give_back, pool, self.keys, self.values)
 
     @property
     def offset(self) -> int:
@@ -49,13 +59,20 @@ class KVCache:
             return
         new_capacity = max(needed, 2 * capacity, self.step)
         new_capacity = -(-new_capacity // self.step) * self.step
-        shape = (self.n_kv_heads, new_capacity, self.head_dim)
-        keys, values = self.ops.empty(shape, self.dtype), self.ops.empty(shape, self.dtype)
+        keys, values = self._allocate(new_capacity), self._allocate(new_capacity)
         length = self.lengths[layer]
         if length:
             keys[:, :length] = self.keys[layer][:, :length]
             values[:, :length] = self.values[layer][:, :length]
+        outgrown = [self.keys[layer], self.values[layer]]
         self.keys[layer], self.values[layer] = keys, values
+        if self.pool is not None:
+            self.pool.give(outgrown)
+
+    def _allocate(self, capacity: int) -> Any:
+        if self.pool is not None:
+            return self.pool.take(self.n_kv_heads, capacity, self.head_dim, self.dtype)
+        return self.ops.empty((self.n_kv_heads, capacity, self.head_dim), self.dtype)
 
     def reserve(self, n: int) -> None:
         """Room for `n` positions in every layer in one allocation: a restore knows its size up front,
@@ -131,3 +148,8 @@ class KVCache:
         """Bytes of the positions held (both keys and values, all layers)."""
         itemsize = np.dtype(self.dtype).itemsize
         return 2 * self.n_layers * self.n_kv_heads * self.offset * self.head_dim * itemsize
+
+
+def _give_back(pool: ArrayPool, keys: list[Any], values: list[Any]) -> None:
+    pool.give(keys)
+    pool.give(values)

@@ -11,6 +11,7 @@ import numpy as np
 
 from engine.cache import KVCache
 from engine.errors import ContextLengthError
+from engine.kvpool import ArrayPool
 
 if TYPE_CHECKING:
     from engine.models.base import BaseModelArgs, CausalLM
@@ -43,6 +44,9 @@ class Model:
         self.kv_dtype: str = ops.float_dtype
         self.fingerprint = fingerprint
         self.prefill_chunk = PREFILL_CHUNK
+        # numpy caches reuse the key/value arrays of caches that are gone (engine.kvpool); mlx keeps
+        # a buffer cache of its own
+        self.kv_pool = ArrayPool(ops.empty) if ops.name == "numpy" else None
 
     def __repr__(self) -> str:
         return f"Model({self.name!r}, arch={self.arch}, backend={self.backend})"
@@ -59,7 +63,9 @@ class Model:
 
     def make_cache(self) -> KVCache:
         c = self.config
-        return KVCache(self.ops, c.num_hidden_layers, c.num_key_value_heads, c.head_dim, self.kv_dtype)
+        return KVCache(
+            self.ops, c.num_hidden_layers, c.num_key_value_heads, c.head_dim, self.kv_dtype, pool=self.kv_pool
+        )
 
     def _check_room(self, n_new: int, cache: KVCache) -> None:
         if n_new == 0:
@@ -78,6 +84,8 @@ class Model:
         """
         ids = list(ids)
         self._check_room(len(ids), cache)
+        if len(ids) > self.prefill_chunk:  # room for every chunk at once, not a copy per doubling
+            cache.reserve(cache.offset + len(ids))
         for start in range(0, len(ids), self.prefill_chunk):
             chunk = ids[start : start + self.prefill_chunk]
             last = start + self.prefill_chunk >= len(ids)
