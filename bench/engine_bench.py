@@ -6,7 +6,8 @@
 Each engine runs in its own subprocess (clean peak RSS): numpy and transformers (torch CPU fp32, same
 checkpoint) prefill 512 and 2048 tokens and decode after 512; mlx (reference BLAS on Linux CPUs) runs
 a short prefill and a few decode steps. The "weight floor" is a plain numpy fp32 pass (x @ W) over the
-model's own weights: the decode speed that memory bandwidth allows.
+model's own weights: the decode speed that memory bandwidth allows, and the prefill speed of its
+weight matmuls alone.
 """
 
 from __future__ import annotations
@@ -50,22 +51,30 @@ QWEN3_06B = {
     "torch_dtype": "bfloat16",
 }
 NOTES = """\
-Where the time goes (lead's profiles, 2026-11-22). Prefill 2048: weight matmuls ~60% (OpenBLAS
-sgemm at the GEMM limit), attention ~28%, elementwise ~5%; transformers' own profile of the same prefill:
-matmuls 6.5 s, fused flash attention 2.5 s, elementwise ~2 s, plus 2.6 s for the logits of every
-position. Decode after 512 tokens: the matrix-vector products (what the floor measures), then the
-KV-cache read (117 MB per step, 5% of the weights' bytes) ~6%, then Python between the C calls ~3%.
-What got here: prefill attention gives each core its own kv heads with single-threaded BLAS, so a
-head's scores stay in L2 (~25% faster attention); OpenBLAS's idle workers sleep after 2^20 cycles
-instead of 2^28, since they took a core from every thread of ours (engine sets OPENBLAS_THREAD_TIMEOUT
-before numpy loads OpenBLAS). Decode calls no BLAS: its matrix-vector products and KV-cache attention
-are C loops split over the cores by a pool of spinning C threads (a hand-off of a few us, against
-~140 us for a Python thread); the attention reads each kv head once for all its query heads (1.7x) and
-prefetches 12 rows ahead (1.6x). The last layer of a prefill runs attention and MLP only for the rows
-whose logits are read (1/28 of that work). Earlier: a reused scores buffer, no huge-page advice,
-one-pass C loops for rms_norm, rope, SwiGLU and the causal softmax. Tried and dropped: OpenMP threads
-for decode attention (they fought OpenBLAS's spinning workers: 6x slower), OpenBLAS's batched GEMM (this build
-crashes on small batches), per-head threaded BLAS gemv called from C (no faster), non-temporal
+Where the time goes (lead's profiles, 2026-11-22). Prefill 2048: weight matmuls ~67% (OpenBLAS
+sgemm; the floor's prefill column is them alone), attention ~26%, elementwise ~3%; transformers' own
+profile of the same prefill: matmuls 6.5 s, fused flash attention 2.5 s, elementwise ~2 s, plus 2.6 s
+for the logits of every position. torch's matmuls (MKL) are ~1.2x OpenBLAS's on these shapes with two
+threads, equal with one. Decode after 512 tokens: the matrix-vector products (what the floor
+measures), then the KV-cache read (117 MB per step, 5% of the weights' bytes) ~6%, then Python
+between the C calls ~3%.
+What got here: a model's numpy caches reuse the key/value arrays of caches that are gone
+(engine/kvpool.py), as llama.cpp allocates its KV memory once: memory this VM's balloon driver took
+back after ~3 s idle costs ~0.3 GB/s to touch again (the fresh-memory limit below), and a 2048
+prefill on a fresh cache made 100-140k page faults and took ~20% longer (it now makes none; run 6 is
+the first with the pool: 1.43x, against 1.07-1.22x before). Prefill attention gives each core its own
+kv heads with single-threaded BLAS, so a head's scores stay in L2 (~25% faster attention); OpenBLAS's
+idle workers sleep after 2^20 cycles instead of 2^28, since they took a core from every thread of ours
+(engine sets OPENBLAS_THREAD_TIMEOUT before numpy loads OpenBLAS). Decode calls no BLAS: its
+matrix-vector products and KV-cache attention are C loops split over the cores by a pool of spinning C
+threads (a hand-off of a few us, against ~140 us for a Python thread); the attention reads each kv
+head once for all its query heads (1.7x) and prefetches 12 rows ahead (1.6x). The last layer of a
+prefill runs attention and MLP only for the rows whose logits are read (1/28 of that work). Earlier:
+a reused scores buffer, no huge-page advice, one-pass C loops for rms_norm, rope, SwiGLU and the causal
+softmax. Tried and dropped: an AVX-512 sgemm of our own (12x32 micro-kernel, packed panels: 0.8x
+OpenBLAS on one core, and two cores scale it by the same ~1.45x as OpenBLAS), OpenMP threads for
+decode attention (they fought OpenBLAS's spinning workers: 6x slower), OpenBLAS's batched GEMM (this
+build crashes on small batches), per-head threaded BLAS gemv called from C (no faster), non-temporal
 prefetching in the matrix-vector product (slower).
 """
 
@@ -153,10 +162,12 @@ class EngineRunner:
 
 
 class WeightFloorRunner:
-    """A plain numpy fp32 pass over the model's own weight matrices (x @ W once each): what one decode
-    step costs in memory traffic alone."""
+    """Plain numpy fp32 passes over the model's own weight matrices. Decode: x @ W once each, what one
+    decode step costs in memory traffic alone. Prefill: the same products for every row, in the
+    engine's chunks, and the output projection for the last row: the weight matmuls alone, without
+    attention or anything elementwise."""
 
-    def __init__(self, network: object) -> None:
+    def __init__(self, network: object, chunk: int) -> None:
         # [out, in] weights, used as numpy_backend.linear does: x @ w.T
         self.mats = []
         for layer in network.layers:  # type: ignore[attr-defined]
@@ -164,7 +175,16 @@ class WeightFloorRunner:
             self.mats += [a.qkv.T, a.o_proj.T, m.gate_up.T, m.down.T]
         self.mats.append(network.lm_head.T)  # type: ignore[attr-defined]
         self.xs = [np.ones((1, w.shape[0]), np.float32) for w in self.mats]
+        self.chunk_xs = [np.ones((chunk, w.shape[0]), np.float32) for w in self.mats[:-1]]
+        self.chunk = chunk
         self.nbytes = sum(w.nbytes for w in self.mats)
+
+    def prefill(self, ids: list[int]) -> None:
+        for start in range(0, len(ids), self.chunk):
+            rows = min(self.chunk, len(ids) - start)
+            for x, w in zip(self.chunk_xs, self.mats[:-1], strict=True):
+                x[:rows] @ w
+        self.xs[-1] @ self.mats[-1]
 
     def start_decode(self, ids: list[int]) -> None:
         pass
@@ -219,7 +239,7 @@ def compare(path: Path, prefill: list[int], decode_after: int, decode_steps: int
         "numpy": numpy_runner,
         "transformers": tf_all,
         "transformers_last": TransformersRunner(path, True, tf_all.model),
-        "floor": WeightFloorRunner(numpy_runner.model.network),
+        "floor": WeightFloorRunner(numpy_runner.model.network, numpy_runner.model.prefill_chunk),
     }
     out: dict[str, dict] = {name: {} for name in runners}
     for n in prefill:
@@ -227,11 +247,9 @@ def compare(path: Path, prefill: list[int], decode_after: int, decode_steps: int
         best = dict.fromkeys(runners, float("inf"))
         for _ in range(reps):
             for name, runner in runners.items():
-                if name != "floor":
-                    best[name] = min(best[name], _timed(lambda r=runner, i=ids: r.prefill(i)))
+                best[name] = min(best[name], _timed(lambda r=runner, i=ids: r.prefill(i)))
         for name, seconds in best.items():
-            if name != "floor":
-                out[name][f"prefill_{n}_tok_s"] = n / seconds
+            out[name][f"prefill_{n}_tok_s"] = n / seconds
     ids = prompt_ids(decode_after, vocab)
     steps: dict[str, list[float]] = {name: [] for name in runners if name != "transformers_last"}
     for name in steps:
@@ -309,7 +327,7 @@ def render(results: dict, limits: dict, params: int, args: argparse.Namespace) -
         row("engine numpy", np_r, np_fp),
         row("transformers fp32 (logits of all positions)", tf_r, tf_fp),
         row("transformers fp32 (last position's logits)", tfl_r, tf_fp),
-        row("numpy weight floor (x @ W over the same weights)", floor, {}),
+        row("numpy weight floor (x @ W over the same weights, nothing else)", floor, {}),
     ]
     if mx_r and "error" not in mx_r:
         mlx_speed = {f"prefill_{short_n}_tok_s": None, "decode_tok_s": mx_r.get("decode_tok_s")}
@@ -323,8 +341,8 @@ def render(results: dict, limits: dict, params: int, args: argparse.Namespace) -
             )
         )
     matmul_params = params - QWEN3_06B["vocab_size"] * QWEN3_06B["hidden_size"]
-    gemm = limits["GEMM GFLOP/s (numpy fp32, 1024^3)"]
-    achieved = 2 * matmul_params * np_r[f"prefill_{long_n}_tok_s"] / 1e9
+    floor_gflops = 2 * matmul_params * floor[f"prefill_{long_n}_tok_s"] / 1e9
+    prefill_vs_floor = np_r[f"prefill_{long_n}_tok_s"] / floor[f"prefill_{long_n}_tok_s"]
     decode_ratio = np_r["decode_tok_s"] / floor["decode_tok_s"]
     lines += [
         "",
@@ -335,8 +353,8 @@ def render(results: dict, limits: dict, params: int, args: argparse.Namespace) -
         f"against transformers computing only the last position's logits: "
         f"{np_r[f'prefill_{long_n}_tok_s'] / tfl_r[f'prefill_{long_n}_tok_s']:.2f}x.",
         f"- numpy decode / transformers decode: {np_r['decode_tok_s'] / tf_r['decode_tok_s']:.2f}x.",
-        f"- numpy prefill {long_n} runs the weight matmuls at {achieved:.0f} GFLOP/s, "
-        f"{achieved / gemm:.0%} of the GEMM limit below (attention is extra).",
+        f"- numpy prefill {long_n} / its weight matmuls alone (the floor's prefill, {floor_gflops:.0f} "
+        f"GFLOP/s): {prefill_vs_floor:.0%}; the rest is attention and elementwise work.",
         f"- numpy load peak RSS / final fp32 weights: {np_fp['load_peak_rss_gb'] / floor['weight_gb']:.2f} "
         "(target <= 1.3).",
         "- mlx on Linux uses its CPU backend (reference BLAS: about 1 GFLOP/s matmuls here), hence the short "
