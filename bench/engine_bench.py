@@ -59,10 +59,11 @@ threads, equal with one. Decode after 512 tokens: the matrix-vector products (wh
 measures), then the KV-cache read (117 MB per step, 5% of the weights' bytes) ~6%, then Python
 between the C calls ~3%.
 What got here: a model's numpy caches reuse the key/value arrays of caches that are gone
-(engine/kvpool.py), as llama.cpp allocates its KV memory once: memory this VM's balloon driver took
-back after ~3 s idle costs ~0.3 GB/s to touch again (the fresh-memory limit below), and a 2048
-prefill on a fresh cache made 100-140k page faults and took ~20% longer (it now makes none; run 6 is
-the first with the pool: 1.43x, against 1.07-1.22x before). Prefill attention gives each core its own
+(engine/kvpool.py), as llama.cpp allocates its KV memory once. On this VM the balloon driver takes
+freed memory back: 2 GiB freed and touched again at once ran at 3.8 GB/s, after 1 s idle 1.9, after
+3-30 s 0.3 GB/s (how much depends on what else the guest has freed lately). A 2048 prefill on a
+fresh cache made 100-140k page faults and took ~20% longer; it now makes none. The prefill ratio
+moved from 1.07-1.22x to 1.43x with this change. Prefill attention gives each core its own
 kv heads with single-threaded BLAS, so a head's scores stay in L2 (~25% faster attention); OpenBLAS's
 idle workers sleep after 2^20 cycles instead of 2^28, since they took a core from every thread of ours
 (engine sets OPENBLAS_THREAD_TIMEOUT before numpy loads OpenBLAS). Decode calls no BLAS: its

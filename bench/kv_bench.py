@@ -56,8 +56,10 @@ Notes.
   allocation. The reader threads verify each block and write it at its place in the cache themselves,
   beside the reads (float16/int8 converted on the way); the caller only commits the length in order.
   Lead's findings on this VM: numpy's transparent-huge-page advice made the first touch of a new cache
-  4-6x slower (now off), zeroing the new cache was a wasted pass (now uninitialised), and each first
-  touch of never-used VM memory is slow, hence best of 2.
+  4-6x slower (now off), zeroing the new cache was a wasted pass (now uninitialised), and memory the
+  balloon driver took back (freed for ~3 s) costs ~0.3 GB/s to touch again. So a restore now fills
+  arrays the model's earlier caches gave back (engine/kvpool.py): float32 8k from disk 2.4 s, against
+  4.0-4.8 s in the two runs before the pool (restore 89% of raw disk, was 48-56%).
 - Why float32 blocks cannot meet the ratio targets here: the bytes. "raw allows" above is the ratio
   reachable if the restore cost nothing but reading the blocks at the raw tier speed of this run
   (measured once, over the longest history's blocks, so only approximate for the shorter ones);

@@ -1,6 +1,6 @@
 """The machine's limits, measured in-process, so every benchmark can quote its numbers against them.
 
-Each function returns one float. `measure_limits()` runs them all (about 15 s) and `limits_table()`
+Each function returns one float. `measure_limits()` runs them all (about 10 s) and `limits_table()`
 renders the result as a markdown table. Redis figures need a client (e.g. workbench.redis_server.connect()).
 
     python -m bench.machine            # prints the table (Redis via workbench.redis_server if reachable)
@@ -43,21 +43,6 @@ def memory_read_gbs(mib: int = 256) -> float:
     """Memory read bandwidth of summing a large float32 array (GB/s)."""
     src = np.ones(mib * 2**20 // 4, dtype=np.float32)
     return src.nbytes / _best_time(lambda: src.sum()) / 1e9
-
-
-def fresh_memory_write_gbs(mib: int = 512, idle_s: float = 5.0) -> float:
-    """Writing `mib` MiB of memory the process freed `idle_s` seconds before (GB/s, one pass).
-
-    Every page faults on its first write. On a VM whose balloon driver reports free memory back to the
-    host (virtio free page reporting: seen here after ~3 s), the host must back each page again, and
-    this runs an order of magnitude below `memory copy`: what a cache or buffer allocated afresh for
-    each request pays, and why the engine keeps its KV arrays (engine/kvpool.py)."""
-    np.ones(mib * 2**20 // 4, dtype=np.float32)  # touched once, then freed (np.ones is gone at once)
-    time.sleep(idle_s)
-    t0 = time.perf_counter()
-    fresh = np.empty(mib * 2**20 // 4, dtype=np.float32)
-    fresh.fill(1.0)
-    return fresh.nbytes / (time.perf_counter() - t0) / 1e9
 
 
 def gemm_gflops(n: int = 1024) -> float:
@@ -147,7 +132,6 @@ def measure_limits(redis_client: Any = None, directory: str | Path | None = None
     limits = {
         "memory copy GB/s (read+write)": memory_copy_gbs(),
         "memory read GB/s": memory_read_gbs(),
-        "fresh memory write GB/s (freed 5 s before)": fresh_memory_write_gbs(),
         "GEMM GFLOP/s (numpy fp32, 1024^3)": gemm_gflops(),
         "matvec GB/s (numpy fp32, 512 MiB)": matvec_gbs(),
         "disk write GB/s (with fsync)": disk_write_gbs(directory),
