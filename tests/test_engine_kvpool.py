@@ -154,3 +154,12 @@ def test_mlx_models_have_no_pool(tiny_model: TinyModels) -> None:
     pytest.importorskip("mlx.core")
     model = engine.load_model(tiny_model("qwen3").path, backend="mlx")
     assert model.kv_pool is None and model.make_cache().pool is None
+
+
+def test_clear_lets_every_kept_array_go() -> None:
+    pool = ArrayPool(ops.empty)
+    pool.give([pool.take(2, 16, 4, "float32")])
+    pool.clear()
+    assert pool.kept_bytes == 0
+    pool.take(2, 16, 4, "float32")
+    assert pool.allocations == 2
