@@ -63,7 +63,7 @@ What got here: a model's numpy caches reuse the key/value arrays of caches that 
 freed memory back: 2 GiB freed and touched again at once ran at 3.8 GB/s, after 1 s idle 1.9, after
 3-30 s 0.3 GB/s (how much depends on what else the guest has freed lately). A 2048 prefill on a
 fresh cache made 100-140k page faults and took ~20% longer; it now makes none. The prefill ratio
-moved from 1.07-1.22x to 1.43x with this change. Prefill attention gives each core its own
+moved from 1.07-1.22x to 1.22-1.43x (three runs) with this change. Prefill attention gives each core its own
 kv heads with single-threaded BLAS, so a head's scores stay in L2 (~25% faster attention); OpenBLAS's
 idle workers sleep after 2^20 cycles instead of 2^28, since they took a core from every thread of ours
 (engine sets OPENBLAS_THREAD_TIMEOUT before numpy loads OpenBLAS). Decode calls no BLAS: its
