@@ -17,8 +17,6 @@ import json
 import math
 import os
 import resource
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -28,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from bench import machine
-from bench.report import write_section
+from bench.report import worker_result, write_section
 
 # Qwen3-0.6B (config.json of Qwen/Qwen3-0.6B), tied embeddings.
 QWEN3_06B = {
@@ -63,7 +61,7 @@ What got here: a model's numpy caches reuse the key/value arrays of caches that 
 freed memory back: 2 GiB freed and touched again at once ran at 3.8 GB/s, after 1 s idle 1.9, after
 3-30 s 0.3 GB/s (how much depends on what else the guest has freed lately). A 2048 prefill on a
 fresh cache made 100-140k page faults and took ~20% longer; it now makes none. The prefill ratio
-moved from 1.07-1.22x to 1.22-1.43x (three runs) with this change. Prefill attention gives each core its own
+moved from 1.07-1.22x to 1.17-1.43x (four runs) with this change. Prefill attention gives each core its own
 kv heads with single-threaded BLAS, so a head's scores stay in L2 (~25% faster attention); OpenBLAS's
 idle workers sleep after 2^20 cycles instead of 2^28, since they took a core from every thread of ours
 (engine sets OPENBLAS_THREAD_TIMEOUT before numpy loads OpenBLAS). Decode calls no BLAS: its
@@ -282,16 +280,10 @@ def footprint(path: Path, backend: str, prefill: list[int], decode_steps: int) -
 
 
 def in_subprocess(args: list[str]) -> dict:
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench.engine_bench", "--worker", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if proc.returncode != 0:
-        return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed"}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    try:
+        return worker_result("bench.engine_bench", "--worker", args)
+    except RuntimeError as error:  # reported in the table (mlx may be missing)
+        return {"error": str(error)}
 
 
 def fmt(value: object, digits: int = 1) -> str:

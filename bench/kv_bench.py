@@ -20,8 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -35,7 +33,7 @@ from bench import machine
 from bench.engine_bench import QWEN3_06B, prompt_ids, write_random_checkpoint
 from bench.kv_quality import dtype_agreement
 from bench.private_redis import start_redis
-from bench.report import write_section
+from bench.report import worker_result, write_section
 from engine.blocks import DEFAULT_BLOCK_SIZE, BlockStore
 from engine.blocktiers import DiskTier
 from sessions.kv_redis import BLOCK_PREFIX, RedisTier
@@ -147,15 +145,9 @@ def resume(model: Any, store: BlockStore, ids: list[int], expect_logits: np.ndar
 def new_process_resume(model_dir: Path, kv_dir: Path, n: int, dtype: str, bs: int) -> dict:
     """`workbench --resume` in a new terminal: a new process loads the model, then restores n tokens
     from disk (page cache dropped) into memory it has never touched."""
-    args = [str(model_dir), str(kv_dir), str(n), dtype, str(bs)]
-    out = subprocess.run(
-        [sys.executable, "-m", "bench.kv_bench", "--new-process-worker", *args],
-        check=True,
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
+    return worker_result(
+        "bench.kv_bench", "--new-process-worker", [str(model_dir), str(kv_dir), str(n), dtype, str(bs)]
     )
-    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def new_process_worker(model_dir: str, kv_dir: str, n: str, dtype: str, bs: str) -> None:

@@ -2,9 +2,25 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
-BENCH_DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
+ROOT = Path(__file__).resolve().parent.parent
+BENCH_DOC = ROOT / "docs" / "benchmarks.md"
+
+
+def worker_result(module: str, flag: str, args: list[str]) -> dict:
+    """`python -m module flag *args` in a fresh process; its last stdout line is its JSON result.
+    Raises RuntimeError with the worker's last stderr line if it fails."""
+    proc = subprocess.run(
+        [sys.executable, "-m", module, flag, *args], cwd=ROOT, capture_output=True, text=True, check=False
+    )
+    if proc.returncode != 0:
+        lines = proc.stderr.strip().splitlines()
+        raise RuntimeError(lines[-1] if lines else f"{module} {flag} failed ({proc.returncode})")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def write_section(section: str, doc: Path = BENCH_DOC) -> None:
