@@ -151,5 +151,5 @@ class KVCache:
 
 
 def _give_back(pool: ArrayPool, keys: list[Any], values: list[Any]) -> None:
-    pool.give(keys)
-    pool.give(values)
+    pool.give_later(keys)  # a finalizer: no lock here (kvpool.ArrayPool)
+    pool.give_later(values)

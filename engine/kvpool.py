@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import sys
 import threading
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -32,59 +33,88 @@ _ONLY_LISTED = _refs([np.empty(0)], 0)
 
 
 class ArrayPool:
-    """Thread-safe: sessions may build and drop caches on several threads."""
+    """Thread-safe: sessions may build and drop caches on several threads.
+
+    A cache that is gone hands its arrays back through `give_later`, which takes no lock: it runs in
+    a finalizer, which the garbage collector may call at any allocation, even on a thread that holds
+    the lock inside `take` or `give`. The next call under the lock settles what was handed back."""
 
     def __init__(self, allocate: Callable[[tuple[int, ...], str], np.ndarray]) -> None:
         self._allocate = allocate
         self._lock = threading.Lock()
         self._kept: list[np.ndarray] = []
-        self.kept_bytes = 0
-        self.in_use_bytes = 0  # taken and not yet given back
+        self._returned: deque[list[Any]] = deque()  # lists from give_later, not yet settled
+        self._kept_bytes = 0
+        self._in_use_bytes = 0  # taken and not yet given back
         self.peak_bytes = 0  # the most ever in use at once: the bound on kept_bytes
         self.allocations = 0  # arrays allocated afresh (the rest came from the pool)
+
+    @property
+    def kept_bytes(self) -> int:
+        with self._lock:
+            self._settle()
+            return self._kept_bytes
+
+    @property
+    def in_use_bytes(self) -> int:
+        with self._lock:
+            self._settle()
+            return self._in_use_bytes
 
     def take(self, heads: int, capacity: int, head_dim: int, dtype: str) -> np.ndarray:
         """A [heads, >= capacity, head_dim] array (contents undefined): the smallest kept one that fits,
         else a new one of exactly `capacity`."""
         kind = (np.dtype(dtype), heads, head_dim)
         with self._lock:
+            self._settle()
             fits = [a for a in self._kept if (a.dtype, *a.shape[::2]) == kind and a.shape[1] >= capacity]
-            if fits:
-                array = min(fits, key=lambda a: a.shape[1])
+            array = min(fits, key=lambda a: a.shape[1]) if fits else None
+            if array is not None:
                 self._kept = [a for a in self._kept if a is not array]
-                self.kept_bytes -= array.nbytes
-            else:
-                array = None
+                self._kept_bytes -= array.nbytes
         if array is None:  # allocate outside the lock: it may take a while
             array = self._allocate((heads, capacity, head_dim), dtype)
-            with self._lock:
-                self.allocations += 1
         with self._lock:
-            self.in_use_bytes += array.nbytes
-            self.peak_bytes = max(self.peak_bytes, self.in_use_bytes)
+            if not fits:
+                self.allocations += 1
+            self._in_use_bytes += array.nbytes
+            self.peak_bytes = max(self.peak_bytes, self._in_use_bytes)
         return array
 
     def give(self, arrays: list[Any]) -> None:
         """Arrays a cache no longer uses (None entries skipped). The list must hold the only reference
         the caller has: any other (a view, say) keeps that array out of the pool."""
         with self._lock:
-            for i in range(len(arrays)):
-                if arrays[i] is None:
-                    continue
-                nbytes = arrays[i].nbytes
-                self.in_use_bytes -= nbytes
-                if _refs(arrays, i) > _ONLY_LISTED:
-                    continue
-                self._kept.append(arrays[i])
-                self.kept_bytes += nbytes
-                # over the bound: drop the smallest first, the ones a growing conversation left behind
-                while self.kept_bytes > self.peak_bytes:
-                    smallest = min(self._kept, key=lambda a: a.nbytes)
-                    self._kept = [a for a in self._kept if a is not smallest]
-                    self.kept_bytes -= smallest.nbytes
-            arrays.clear()
+            self._settle()
+            self._keep(arrays)
+
+    def give_later(self, arrays: list[Any]) -> None:
+        """`give`, for finalizers: settled by the next call that takes the lock."""
+        self._returned.append(arrays)
 
     def clear(self) -> None:
         """Let every kept array go (the memory returns to the allocator)."""
         with self._lock:
-            self._kept, self.kept_bytes = [], 0
+            self._settle()
+            self._kept, self._kept_bytes = [], 0
+
+    def _settle(self) -> None:
+        while self._returned:
+            self._keep(self._returned.popleft())
+
+    def _keep(self, arrays: list[Any]) -> None:
+        for i in range(len(arrays)):
+            if arrays[i] is None:
+                continue
+            nbytes = arrays[i].nbytes
+            self._in_use_bytes -= nbytes
+            if _refs(arrays, i) > _ONLY_LISTED:
+                continue
+            self._kept.append(arrays[i])
+            self._kept_bytes += nbytes
+            # over the bound: drop the smallest first, the ones a growing conversation left behind
+            while self._kept_bytes > self.peak_bytes:
+                smallest = min(self._kept, key=lambda a: a.nbytes)
+                self._kept = [a for a in self._kept if a is not smallest]
+                self._kept_bytes -= smallest.nbytes
+        arrays.clear()

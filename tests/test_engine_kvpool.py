@@ -3,6 +3,7 @@ something still views, never keeping more than the caches held at their peak; re
 
 from __future__ import annotations
 
+import gc
 import threading
 from collections.abc import Callable
 
@@ -95,6 +96,24 @@ def test_only_arrays_of_the_same_heads_head_size_and_dtype_are_handed_out() -> N
         array = pool.take(heads, 16, head_dim, dtype)
         assert array.shape == (heads, 16, head_dim) and array.dtype == np.dtype(dtype)
     assert pool.allocations == 4
+
+
+def test_a_cache_the_collector_frees_inside_the_pools_lock_does_not_deadlock() -> None:
+    pool = ArrayPool(ops.empty)
+
+    def collect_while_busy() -> None:
+        cache = pooled_cache(pool)
+        fill(cache, 10)
+        cache.itself = cache  # a reference cycle: only the cyclic collector frees it
+        del cache
+        with pool._lock:  # as when the collector runs at an allocation inside take() or give()
+            gc.collect()
+
+    worker = threading.Thread(target=collect_while_busy, daemon=True)
+    worker.start()
+    worker.join(timeout=10)
+    assert not worker.is_alive(), "the finalizer waited for the lock its own thread holds"
+    assert pool.in_use_bytes == 0 and pool.kept_bytes == 4 * 2 * 16 * 4 * 4
 
 
 def test_caches_built_and_dropped_on_several_threads_keep_the_books_straight() -> None:
