@@ -23,6 +23,7 @@ from engine.backends.numpy_threads import (
     dense_f32,
     f32_rows,
     lasting_address,
+    over_rows,
     parallel,
     row_blocks,
 )
@@ -121,10 +122,7 @@ def rms_norm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
             x.strides[1] // 4 if three else 0,
             eps,
         )
-        if x.size < numpy_threads.PARALLEL_MIN_ELEMENTS:  # decode: no thread hand-off
-            lib.rms_norm(*args, 0, x.shape[0], *rest)
-        else:
-            parallel(lambda rows: lib.rms_norm(*args, rows.start, rows.stop, *rest), row_blocks(x))
+        over_rows(lambda r0, r1: lib.rms_norm(*args, r0, r1, *rest), x)
         return out
     blocks = row_blocks(x)
     if len(blocks) == 1:
@@ -173,10 +171,7 @@ def silu_mul(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
     ):  # the two halves of one [T, 2I] gate_up output: one pass in C
         ld, width = gate.strides[0] // 4, gate.shape[1]
         args = (address(gate), address(out))
-        if gate.size < numpy_threads.PARALLEL_MIN_ELEMENTS:  # decode: no thread hand-off
-            lib.silu_mul(*args, 0, gate.shape[0], width, ld)
-        else:
-            parallel(lambda rows: lib.silu_mul(*args, rows.start, rows.stop, width, ld), row_blocks(gate))
+        over_rows(lambda r0, r1: lib.silu_mul(*args, r0, r1, width, ld), gate)
         return out
 
     def work(rows: slice) -> None:
@@ -233,10 +228,7 @@ def rope(
         ldh, ldt = x.strides[0] // 4, x.strides[1] // 4
         args = (address(x), lasting_address(cos), lasting_address(sin), address(out))
         rest = (t, d, ldh, ldt, None if norm is None else lasting_address(norm), eps)
-        if x.size < numpy_threads.PARALLEL_MIN_ELEMENTS:  # decode: no thread hand-off
-            lib.rope(*args, 0, x.shape[0], *rest)
-        else:
-            parallel(lambda heads: lib.rope(*args, heads.start, heads.stop, *rest), row_blocks(x))
+        over_rows(lambda h0, h1: lib.rope(*args, h0, h1, *rest), x)
         return out
     if norm is not None:
         x = rms_norm(x, norm, eps)

@@ -42,6 +42,15 @@ def parallel(fn: Callable[[Any], Any], blocks: list[Any]) -> list[Any]:
     return list(_pool.map(fn, blocks))
 
 
+def over_rows(call: Callable[[int, int], Any], x: np.ndarray) -> None:
+    """call(r0, r1) over ranges of x's first axis: at once for small inputs (a decode step: not even
+    building the blocks), else in row_blocks on the pool. For the C loops, which take a row range."""
+    if x.size < PARALLEL_MIN_ELEMENTS:
+        call(0, x.shape[0])
+    else:
+        parallel(lambda rows: call(rows.start, rows.stop), row_blocks(x))
+
+
 DECODE_THREADS = min(8, os.cpu_count() or 1)  # matrix-vector products stop scaling with cores before
 
 

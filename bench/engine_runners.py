@@ -1,0 +1,92 @@
+"""The engines engine_bench times, each behind the same small interface: `prefill(ids)` on a fresh
+cache, and `start_decode(ids)` then `decode_step()` for greedy decoding one token at a time."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+class EngineRunner:
+    """engine.Model on one backend: prefill on a fresh cache, greedy decode one token per step."""
+
+    def __init__(self, path: Path, backend: str) -> None:
+        import engine
+
+        t0 = time.perf_counter()
+        self.model = engine.load_model(path, backend=backend)
+        self.load_s = time.perf_counter() - t0
+
+    def prefill(self, ids: list[int]) -> None:
+        self.model.forward(ids, self.model.make_cache())
+
+    def start_decode(self, ids: list[int]) -> None:
+        self.cache = self.model.make_cache()
+        self.logits = self.model.forward(ids, self.cache)
+
+    def decode_step(self) -> None:
+        self.logits = self.model.forward([int(np.argmax(self.logits))], self.cache)
+
+
+class WeightFloorRunner:
+    """Plain numpy fp32 passes over the model's own weight matrices. Decode: x @ W once each, what one
+    decode step costs in memory traffic alone. Prefill: the same products for every row, in the
+    engine's chunks, and the output projection for the last row: the weight matmuls alone, without
+    attention or anything elementwise."""
+
+    def __init__(self, network: object, chunk: int) -> None:
+        # [out, in] weights, used as numpy_backend.linear does: x @ w.T
+        self.mats = []
+        for layer in network.layers:  # type: ignore[attr-defined]
+            a, m = layer.self_attn, layer.mlp
+            self.mats += [a.qkv.T, a.o_proj.T, m.gate_up.T, m.down.T]
+        self.mats.append(network.lm_head.T)  # type: ignore[attr-defined]
+        self.xs = [np.ones((1, w.shape[0]), np.float32) for w in self.mats]
+        # one input per width, reused as the engine reuses its activations (not 28 layers' worth)
+        self.chunk_xs = {w.shape[0]: np.ones((chunk, w.shape[0]), np.float32) for w in self.mats[:-1]}
+        self.chunk = chunk
+        self.nbytes = sum(w.nbytes for w in self.mats)
+
+    def prefill(self, ids: list[int]) -> None:
+        for start in range(0, len(ids), self.chunk):
+            rows = min(self.chunk, len(ids) - start)
+            for w in self.mats[:-1]:
+                self.chunk_xs[w.shape[0]][:rows] @ w
+        self.xs[-1] @ self.mats[-1]
+
+    def start_decode(self, ids: list[int]) -> None:
+        pass
+
+    def decode_step(self) -> None:
+        for x, w in zip(self.xs, self.mats, strict=True):
+            x @ w
+
+
+class TransformersRunner:
+    """transformers (torch CPU fp32) on the same checkpoint; `last_only` asks for the last logits only."""
+
+    def __init__(self, path: Path, last_only: bool = False, model: object = None) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        self.torch = torch
+        t0 = time.perf_counter()
+        self.model = model or AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+        self.load_s = time.perf_counter() - t0
+        self.kwargs = {"logits_to_keep": 1} if last_only else {}
+
+    def prefill(self, ids: list[int]) -> None:
+        with self.torch.inference_mode():
+            self.model(self.torch.tensor([ids]), **self.kwargs)  # type: ignore[operator]
+
+    def start_decode(self, ids: list[int]) -> None:
+        with self.torch.inference_mode():
+            out = self.model(self.torch.tensor([ids]), use_cache=True, logits_to_keep=1)  # type: ignore[operator]
+        self.past, self.token = out.past_key_values, out.logits[0, -1].argmax().view(1, 1)
+
+    def decode_step(self) -> None:
+        with self.torch.inference_mode():
+            out = self.model(self.token, past_key_values=self.past, use_cache=True)  # type: ignore[operator]
+        self.past, self.token = out.past_key_values, out.logits[0, -1].argmax().view(1, 1)
