@@ -30,19 +30,25 @@ class EngineRunner:
         self.logits = self.model.forward([int(np.argmax(self.logits))], self.cache)
 
 
+def weights_of(network: object) -> list:
+    """The network's linear weights, [out, in] each: 4 per layer, then the output projection."""
+    mats = []
+    for layer in network.layers:  # type: ignore[attr-defined]
+        a, m = layer.self_attn, layer.mlp
+        mats += [a.qkv, a.o_proj, m.gate_up, m.down]
+    return [*mats, network.lm_head]  # type: ignore[attr-defined]
+
+
 class WeightFloorRunner:
     """Plain numpy fp32 passes over the model's own weight matrices. Decode: x @ W once each, what one
     decode step costs in memory traffic alone. Prefill: the same products for every row, in the
     engine's chunks, and the output projection for the last row: the weight matmuls alone, without
-    attention or anything elementwise."""
+    attention or anything elementwise. Weights the engine keeps as bfloat16 are widened to float32
+    here: the floor is float32 by definition (issue #3)."""
 
     def __init__(self, network: object, chunk: int) -> None:
         # [out, in] weights, used as numpy_backend.linear does: x @ w.T
-        self.mats = []
-        for layer in network.layers:  # type: ignore[attr-defined]
-            a, m = layer.self_attn, layer.mlp
-            self.mats += [a.qkv.T, a.o_proj.T, m.gate_up.T, m.down.T]
-        self.mats.append(network.lm_head.T)  # type: ignore[attr-defined]
+        self.mats = [(w.widen() if hasattr(w, "widen") else w).T for w in weights_of(network)]
         self.xs = [np.ones((1, w.shape[0]), np.float32) for w in self.mats]
         # one input per width, reused as the engine reuses its activations (not 28 layers' worth)
         self.chunk_xs = {w.shape[0]: np.ones((chunk, w.shape[0]), np.float32) for w in self.mats[:-1]}

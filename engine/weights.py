@@ -1,7 +1,8 @@
 """Turns checkpoint tensors into backend weights, checking every shape against the model's config.
 
 Model definitions ask for weights by their Hugging Face names; this module decides the storage:
-fused projections (q/k/v, gate/up) in one matrix, float32 on numpy, and MLX-quantized tensors
+fused projections (q/k/v, gate/up) in one matrix; float32 on numpy, except bfloat16 matrices, which
+stay bfloat16 where the backend can compute with them (`ops.bf16_weight`); MLX-quantized tensors
 (`.weight` packed uint32 + `.scales` + `.biases`) kept quantized where the backend can use them
 and dequantized once, here, where it cannot.
 """
@@ -20,16 +21,17 @@ from engine.safetensors_io import Checkpoint
 DEQUANT_ROWS = 4096  # rows dequantized at a time, bounding the temporaries of big tables
 
 
-def prefaulted_float32(shape: tuple[int, ...]) -> np.ndarray:
-    """An uninitialised float32 array whose pages are mapped up front by one MAP_POPULATE mmap.
+def prefaulted_float32(shape: tuple[int, ...], dtype: type = np.float32) -> np.ndarray:
+    """An uninitialised float32 (or `dtype`) array whose pages are mapped up front by one MAP_POPULATE
+    mmap.
 
     Weights are written once, in full: faulting their pages in one by one on first write costs more
     than the bf16 -> f32 conversion itself on virtual machines (measured 4.5x slower for 400 MB)."""
-    nbytes = 4 * int(np.prod(shape, dtype=np.int64))
+    nbytes = np.dtype(dtype).itemsize * int(np.prod(shape, dtype=np.int64))
     if nbytes < (1 << 20) or not hasattr(mmap, "MAP_POPULATE"):
-        return np.empty(shape, dtype=np.float32)
+        return np.empty(shape, dtype=dtype)
     buffer = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | mmap.MAP_POPULATE)
-    return np.frombuffer(buffer, dtype=np.float32).reshape(shape)
+    return np.frombuffer(buffer, dtype=dtype).reshape(shape)
 
 
 def dequantize(
@@ -70,6 +72,10 @@ class WeightReader:
     def _float(self, name: str, shape: tuple[int, ...], out: np.ndarray | None = None) -> np.ndarray:
         """A float32 tensor of exactly `shape`: written into `out` if given, else possibly a view of the
         mapped file."""
+        self._check(name, shape)
+        return self.checkpoint.float32(name, out)
+
+    def _check(self, name: str, shape: tuple[int, ...]) -> None:
         if name not in self.checkpoint:
             raise ModelFormatError(f"{self.checkpoint.directory}: tensor {name!r} is missing")
         info = self.checkpoint.info(name)
@@ -78,7 +84,22 @@ class WeightReader:
                 f"{self.checkpoint.file_of(name)}: tensor {name!r} has shape "
                 f"{list(info.shape)}, the config needs {list(shape)}"
             )
-        return self.checkpoint.float32(name, out)
+
+    def _bf16(self, names: list[str], out_sizes: list[int], in_size: int) -> Any:
+        """The tensors `names` ([out_i, in_size] each) stacked as one backend bfloat16 weight, or None
+        unless all of them are bfloat16 and the backend keeps bfloat16 weights."""
+        make = getattr(self.ops, "bf16_weight", None)
+        if make is None or any(n not in self.checkpoint for n in names):
+            return None
+        if any(self.checkpoint.info(n).dtype != "BF16" for n in names):
+            return None
+        bits = prefaulted_float32((sum(out_sizes), in_size), np.uint16)
+        row = 0
+        for name, rows in zip(names, out_sizes, strict=True):
+            self._check(name, (rows, in_size))
+            bits[row : row + rows] = self.checkpoint.raw(name)
+            row += rows
+        return make(bits)
 
     def _quant_params(self, prefix: str) -> tuple[int, int] | None:
         if f"{prefix}.scales" not in self.checkpoint:
@@ -144,6 +165,10 @@ class WeightReader:
             ]
             stacked = [np.concatenate([part[i] for part in parts]) for i in range(3)]
             weight = self.ops.quantized_weight(*stacked, group_size, bits)
+        elif all(q is None for q in quant) and (
+            kept := self._bf16([f"{p}.weight" for p in prefixes], out_sizes, in_size)
+        ):
+            weight = kept
         else:
             full = prefaulted_float32((sum(out_sizes), in_size))
             row = 0
@@ -162,7 +187,9 @@ class WeightReader:
     def embedding(self, prefix: str, vocab: int, hidden: int) -> Any:
         """The token embedding table; quantized on backends that can look up quantized rows."""
         quant = self._quant_params(prefix)
-        if quant is None:
+        if quant is None and (kept := self._bf16([f"{prefix}.weight"], [vocab], hidden)):
+            table = kept
+        elif quant is None:
             table = self._float(f"{prefix}.weight", (vocab, hidden), out=prefaulted_float32((vocab, hidden)))
             table = self.ops.asarray(table)
         elif hasattr(self.ops, "quantized_weight"):

@@ -34,6 +34,8 @@ SIGNATURES = {
     "silu_mul": [_P, _P, _I, _I, _I, _I],
     "softmax_keys": [_P, _P, _I, _I, _I, _I, _I, _I],
     "gemv": [_P, _P, _P, _I, _I, _I],
+    "gemv_bf16": [_P, _P, _P, _I, _I, _I],
+    "widen_bf16": [_P, _P, _I, _I],
     "attend_one": [_P, _P, _P, _P, _P, _I, _I, _I, _I, _I, _F, _I],
 }
 

@@ -1,8 +1,10 @@
 """numpy backend: float32 everywhere, matmuls through numpy's BLAS (OpenBLAS on Linux wheels).
 
-Linear weights are float32 and C-contiguous (`linear_weight`). The elementwise parts of a prefill
-(rms_norm, rope, SwiGLU, the causal softmax) run as one-pass C loops from `kernels` when they could be
-built, else as plain numpy; either way in row blocks on a small thread pool, since one call uses one core.
+Linear weights are float32 and C-contiguous (`linear_weight`), or, from bfloat16 checkpoints, the
+checkpoint's own bits (`bf16_weight`, numpy_bf16.py: half the bytes for decode to stream). The
+elementwise parts of a prefill (rms_norm, rope, SwiGLU, the causal softmax) run as one-pass C loops from
+`kernels` when they could be built, else as plain numpy; either way in row blocks on a small thread
+pool, since one call uses one core.
 A decode step's matrix-vector products run in C on all cores (kernels.c has its own pool for them).
 Attention (`sdpa`) lives in numpy_attention.py; the thread pool and the C-call helpers both use are in
 numpy_threads.py.
@@ -16,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.backends import kernels, numpy_threads
+from engine.backends import kernels, numpy_bf16, numpy_threads
 from engine.backends.numpy_attention import sdpa as sdpa  # the backend's attention op (numpy_attention.py)
 from engine.backends.numpy_threads import (
     address,
@@ -87,11 +89,19 @@ def linear_weight(w: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(w, dtype=np.float32)
 
 
-def linear(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
+def bf16_weight(bits: np.ndarray) -> numpy_bf16.Bf16Weight | None:
+    """A linear weight or embedding table kept as bfloat16 bits [out, in] (uint16), or None when this
+    backend would rather have float32 (the C loops are not built)."""
+    return numpy_bf16.weight(bits)
+
+
+def linear(x: np.ndarray, w: np.ndarray | numpy_bf16.Bf16Weight, b: np.ndarray | None = None) -> np.ndarray:
     """x @ w.T (+ b) for a [out, in] weight. One row (decode): the C loops' matrix-vector product on
     DECODE_THREADS cores, as fast as OpenBLAS's and without waking its threads (see kernels.c)."""
     lib = kernels.load()
-    if lib is not None and x.shape[0] == 1 and x.ndim == 2 and dense_f32(x) and dense_f32(w):
+    if isinstance(w, numpy_bf16.Bf16Weight):
+        y = numpy_bf16.linear(x, w)
+    elif lib is not None and x.shape[0] == 1 and x.ndim == 2 and dense_f32(x) and dense_f32(w):
         y = np.empty((1, w.shape[0]), dtype=np.float32)
         rows, cols = w.shape
         lib.gemv(lasting_address(w), address(x), address(y), rows, cols, numpy_threads.DECODE_THREADS)
@@ -102,8 +112,11 @@ def linear(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None) -> np.ndar
     return y
 
 
-def embedding(table: np.ndarray, ids: Any) -> np.ndarray:
-    return table[np.asarray(ids, dtype=np.int64)]
+def embedding(table: np.ndarray | numpy_bf16.Bf16Weight, ids: Any) -> np.ndarray:
+    rows = np.asarray(ids, dtype=np.int64)
+    if isinstance(table, numpy_bf16.Bf16Weight):
+        return numpy_bf16.embedding(table, rows)
+    return table[rows]
 
 
 def rms_norm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:

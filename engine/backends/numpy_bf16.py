@@ -1,0 +1,103 @@
+"""bfloat16 weights on the numpy backend: kept as the checkpoint's own bits, widened where they are used.
+
+Qwen, Llama and most checkpoints on the hub ship bfloat16. Widened once at load, their float32 copy is
+twice the size, and a decode step streams every weight once per token: half the bytes is the largest
+single speed-up a memory-bound decode can get (measured 1.6x for the matrix-vector products alone).
+
+Widening is exact (a bfloat16 is the top half of a float32), so every product equals the product with
+float32 weights:
+- one row (decode): kernels.c's `gemv_bf16` widens in registers;
+- more rows (prefill): blocks of the weight are widened into a reused float32 buffer and go to BLAS,
+  whose matmuls are compute-bound there, so the widening costs a few percent;
+- token lookups widen only the rows they read.
+
+Used only when the C loops are built: widening in plain numpy would cost more than it saves.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+from engine.backends import kernels, numpy_threads
+from engine.backends.numpy_threads import address, dense_f32, lasting_address, over_rows
+
+WIDEN_BLOCK_BYTES = 32 << 20  # float32 bytes of a weight widened at once for BLAS (any layer's largest
+# matrix in one go for models up to ~2k hidden; the output embedding in blocks)
+
+_scratch = threading.local()
+
+
+class Bf16Weight:
+    """A [out, in] weight as bfloat16 bits (uint16, C-contiguous)."""
+
+    def __init__(self, bits: np.ndarray) -> None:
+        if bits.dtype != np.uint16 or bits.ndim != 2 or not bits.flags.c_contiguous:
+            raise ValueError(
+                f"bfloat16 weight bits must be C-contiguous uint16 [out, in], not {bits.dtype} {bits.shape}"
+            )
+        self.bits = bits
+        self.shape: tuple[int, int] = bits.shape  # type: ignore[assignment]
+        self.nbytes = bits.nbytes
+
+    def __repr__(self) -> str:
+        return f"Bf16Weight{list(self.shape)}"
+
+    def widen(self, rows: slice = slice(None), out: np.ndarray | None = None) -> np.ndarray:
+        """float32 of rows `rows` (all by default), into `out` when given."""
+        return widen(self.bits[rows], out)
+
+
+def widen(bits: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """float32 of C-contiguous bfloat16 bits [n, m], into `out` when given; in row blocks on the pool."""
+    if out is None:
+        out = np.empty(bits.shape, dtype=np.float32)
+    lib = kernels.load()
+    if lib is None:  # not reached by the backend (it keeps no bf16 weights without the C loops)
+        np.left_shift(bits, 16, out=out.view(np.uint32), dtype=np.uint32)
+        return out
+    cols = bits.shape[-1]
+    src, dst = address(bits), address(out)
+    over_rows(lambda r0, r1: lib.widen_bf16(src, dst, r0 * cols, r1 * cols), bits.reshape(-1, cols))
+    return out
+
+
+def weight(bits: np.ndarray) -> Bf16Weight | None:
+    """`bits` kept as a bfloat16 weight, or None where float32 is the better choice (no C loops)."""
+    return Bf16Weight(np.ascontiguousarray(bits)) if kernels.load() is not None else None
+
+
+def linear(x: np.ndarray, w: Bf16Weight) -> np.ndarray:
+    """x @ w.T for x [..., in]: in C for one row, else through BLAS on widened blocks of w."""
+    lib = kernels.load()
+    rows, cols = w.shape
+    if lib is not None and x.ndim == 2 and x.shape[0] == 1 and dense_f32(x):
+        y = np.empty((1, rows), dtype=np.float32)
+        threads = numpy_threads.DECODE_THREADS
+        lib.gemv_bf16(lasting_address(w.bits), address(x), address(y), rows, cols, threads)
+        return y
+    flat = x.reshape(-1, cols)
+    y = np.empty((flat.shape[0], rows), dtype=np.float32)
+    step = max(1, min(rows, WIDEN_BLOCK_BYTES // (4 * cols)))
+    buffer = _widen_buffer(step * cols)
+    for r0 in range(0, rows, step):
+        r1 = min(rows, r0 + step)
+        block = w.widen(slice(r0, r1), buffer[: (r1 - r0) * cols].reshape(r1 - r0, cols))
+        np.matmul(flat, block.T, out=y[:, r0:r1])
+    return y.reshape(*x.shape[:-1], rows)
+
+
+def embedding(table: Bf16Weight, ids: np.ndarray) -> np.ndarray:
+    """Rows `ids` of the table, as float32."""
+    return widen(table.bits[ids])
+
+
+def _widen_buffer(n: int) -> np.ndarray:
+    """A per-thread float32 buffer of at least n elements, kept: its pages stay mapped between calls
+    (fresh pages fault in on first write, and this VM's host takes idle freed memory back)."""
+    buf = getattr(_scratch, "widened", None)
+    if buf is None or buf.size < n:
+        buf = np.empty(n, dtype=np.float32)
+        _scratch.widened = buf
+    return buf
