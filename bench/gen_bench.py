@@ -4,7 +4,7 @@
     python -m bench.gen_bench --quick    # fewer repetitions, no docs update
 
 Each cost is quoted against the budget it eats into: one decode step of Qwen3-0.6B at the machine's
-weight-bandwidth floor (fp32 matmul weights / measured matvec bandwidth, measured in the same run).
+weight-bandwidth floor (its bf16 matmul weights / measured matvec bandwidth, measured in the same run).
 """
 
 from __future__ import annotations
@@ -23,8 +23,9 @@ from bench.report import write_section
 
 QWEN3_VOCAB = 151_936
 # Qwen3-0.6B's matmul weights per decode step: 28 layers x (q 1024x2048, k,v 1024x1024, o 2048x1024,
-# gate/up/down 1024x3072) + the tied lm_head 151936x1024, in float32 on the numpy backend.
-QWEN3_STEP_BYTES = 4 * (28 * (1024 * 2048 * 2 + 1024 * 1024 * 2 + 3 * 1024 * 3072) + QWEN3_VOCAB * 1024)
+# gate/up/down 1024x3072) + the tied lm_head 151936x1024, as bfloat16: the numpy backend keeps the
+# checkpoint's bf16 weights (engine/backends/numpy_bf16.py).
+QWEN3_STEP_BYTES = 2 * (28 * (1024 * 2048 * 2 + 1024 * 1024 * 2 + 3 * 1024 * 3072) + QWEN3_VOCAB * 1024)
 HEADING = "## Generation"
 
 
@@ -195,7 +196,7 @@ def render(sampling: list, detok: dict, loop: dict, chat_times: dict, limits: di
         HEADING,
         "",
         "`python -m bench.gen_bench` — the cost of everything around the forward pass. Budget: one",
-        f"Qwen3-0.6B decode step at the weight floor = {QWEN3_STEP_BYTES / 1e9:.2f} GB fp32 weights / "
+        f"Qwen3-0.6B decode step at the weight floor = {QWEN3_STEP_BYTES / 1e9:.2f} GB bf16 weights / "
         f"{bandwidth:.1f} GB/s matvec = **{step_us / 1e3:.1f} ms** (measured in this run; the machine is "
         "shared, so this floor moves between runs).",
         "",
