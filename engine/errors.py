@@ -1,4 +1,5 @@
-"""Engine errors: each names the file, tensor or limit at fault."""
+"""Engine exceptions: errors on bad input (each names the file, tensor or limit at fault), and the
+signal of a cancelled forward pass."""
 
 from __future__ import annotations
 
@@ -21,3 +22,8 @@ class UnsupportedArchitectureError(EngineError):
 
 class ContextLengthError(EngineError):
     """A prompt (plus the tokens asked for) longer than the model's context."""
+
+
+class PassCancelled(Exception):
+    """A forward pass stopped between two layers because its `cancel` check said so (not an error).
+    Model.forward takes the unfinished chunk back out of the cache; earlier chunks of the call stay."""

@@ -184,6 +184,32 @@ def test_cancel_before_start_skips_prefill(qwen3):
     assert deltas == [] and result.finish_reason == "cancelled" and result.generated_tokens == 0
 
 
+class CancelAfter:
+    """A cancel event that turns on after `n` checks: it lands wherever the n-th check is."""
+
+    def __init__(self, n: int) -> None:
+        self.checks, self.n = 0, n
+
+    def is_set(self) -> bool:
+        self.checks += 1
+        return self.checks > self.n
+
+
+def test_cancel_lands_between_the_layers_of_a_prefill(qwen3, monkeypatch: pytest.MonkeyPatch):
+    fixture, model = qwen3
+    assert model.config.num_hidden_layers == 3  # two checks inside each chunk (before layers 1 and 2)
+    monkeypatch.setattr(model, "prefill_chunk", 4)  # the prompt takes several chunks
+    cache = model.make_cache()
+    cancel = CancelAfter(4)  # check 1: before the first chunk; 2-3: its layers; 4: the next chunk's start
+    deltas, result = run(model, fixture.prompt, GREEDY, cancel=cancel, cache=cache)
+    assert deltas == [] and result.finish_reason == "cancelled"
+    assert cancel.checks == 5  # it stopped at the first check that said yes, inside the second chunk
+    assert cache.offset == 4 and cache.lengths == [4] * len(cache.lengths)  # chunk 1 kept, chunk 2 undone
+    _, resumed = run(model, fixture.prompt, GREEDY, cache=cache)  # picks up where the cancel left it
+    _, fresh = run(model, fixture.prompt, GREEDY)
+    assert resumed.token_ids == fresh.token_ids
+
+
 def test_context_length_error_names_the_limit(qwen3):
     fixture, model = qwen3
     limit = model.config.max_position_embeddings

@@ -4,10 +4,12 @@ the embed -> blocks -> norm -> lm_head stack. Each architecture file supplies it
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from types import ModuleType
 from typing import Any, ClassVar
 
 from engine.cache import KVCache
+from engine.errors import PassCancelled
 from engine.models import rope
 from engine.weights import WeightReader
 
@@ -135,11 +137,14 @@ class CausalLM:
         else:
             self.lm_head, _ = w.linear(["lm_head"], [args.vocab_size], args.hidden_size)
 
-    def __call__(self, ids: list[int], cache: KVCache, logits: str = "last") -> Any:
+    def __call__(
+        self, ids: list[int], cache: KVCache, logits: str = "last", cancel: Callable[[], bool] | None = None
+    ) -> Any:
         """Run `ids` through the model, appending them to `cache`.
 
         logits: "all" -> [T, vocab]; "last" -> [1, vocab] (lm_head on the last position only);
-        "none" -> None (a prefill chunk whose logits nobody reads).
+        "none" -> None (a prefill chunk whose logits nobody reads). `cancel`, asked before each layer
+        after the first: PassCancelled when it says yes (the caller trims the cache).
         """
         offset, t = cache.offset, len(ids)
         # The last layer's outputs feed only the logits: there it computes every row's keys and values
@@ -149,6 +154,8 @@ class CausalLM:
         h = self.ops.embedding(self.embed_tokens, ids)  # [T, hidden]
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
+            if i and cancel is not None and cancel():
+                raise PassCancelled(f"cancelled before layer {i} of {len(self.layers)}")
             h = layer(h, cache, i, offset, keep if i == last else None)
         if logits == "none":
             return None
