@@ -159,9 +159,9 @@ class TimedForward:
         self._model = model
         self.forward_s = 0.0
 
-    def forward(self, ids: list[int], cache: object) -> np.ndarray:
+    def forward(self, ids: list[int], cache: object, cancel: Callable[[], bool] | None = None) -> np.ndarray:
         t0 = time.perf_counter()
-        out = self._model.forward(ids, cache)
+        out = self._model.forward(ids, cache, cancel)
         self.forward_s += time.perf_counter() - t0
         return out
 
