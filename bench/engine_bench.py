@@ -50,19 +50,24 @@ QWEN3_06B = {
     "torch_dtype": "bfloat16",
 }
 NOTES = """\
-Where the time goes (lead's profiles, 2026-11-22). Prefill 2048: weight matmuls ~67% (OpenBLAS
-sgemm; the floor's prefill column is them alone), attention ~26%, elementwise ~3%; transformers' own
-profile of the same prefill: matmuls 6.5 s, fused flash attention 2.5 s, elementwise ~2 s, plus 2.6 s
-for the logits of every position. torch's matmuls (MKL) are ~1.2x OpenBLAS's on these shapes with two
-threads, equal with one. Decode after 512 tokens: the matrix-vector products, then the KV-cache read
-(117 MB per step, 10% of the bf16 weights' bytes), then Python between the C calls ~3%.
+Where the time goes (lead's profiles, 2026-11-22). Prefill 2048: weight matmuls ~68% (OpenBLAS
+sgemm, incl. ~1% widening bf16 weights; the floor's prefill column is the matmuls alone), attention
+~26%, elementwise ~3%, the rest ~3%; transformers' own profile of the same prefill: matmuls 6.5 s,
+fused flash attention 2.5 s, elementwise ~2 s, plus 2.6 s for the logits of every position. torch's
+matmuls (MKL) are ~1.2x OpenBLAS's on these shapes with two threads, equal with one, and lose less
+than OpenBLAS's when the machine's other tenants load it (then 1.16x with one thread, 1.23x with
+two): the prefill ratio swings with that load (1.21-1.42x in the last four runs). Decode after 512
+tokens: the matrix-vector products, then the KV-cache read (117 MB per step, 10% of the bf16
+weights' bytes), then Python between the C calls ~3%.
 What got here: numpy keeps a bf16 checkpoint's weights as bf16 (engine/backends/numpy_bf16.py), so a
-decode step streams half the bytes of the fp32 floor: decode went from 8.5 to 12.5 tok/s, model load
-from 5.9 to 3.3 s, memory from 2.4 to 1.2 GB. Widening bf16 is exact, so results are unchanged: the C
-matrix-vector product widens in registers (1.5x its fp32 twin's speed: widening leaves the hardware
-prefetcher behind, so it prefetches the next rows; 4 or 8 rows at a time and other prefetch distances
-measured the same), and prefill widens each weight for BLAS into a reused buffer (~0.1 s per pass over
-the layers, ~2% of a 2048 prefill). A model's numpy caches reuse the key/value arrays of caches that are gone
+decode step streams half the bytes of the fp32 floor: decode went from 8.5 to 11.5-13.6 tok/s, model
+load from 5.9 to 1.2-3.6 s, memory from 2.4 to 1.2 GB. Widening bf16 is exact, so results are
+unchanged: the C matrix-vector product widens in registers (1.5x its fp32 twin's speed: widening
+leaves the hardware prefetcher behind, so it prefetches the next rows; 4 or 8 rows at a time and
+other prefetch distances measured the same), and prefill widens each weight for BLAS into a reused
+buffer (~0.1 s per pass over the layers). Prefill goes in chunks of 2048 tokens instead of 1024: one
+widening per chunk, ~5% faster at 2048 tokens, and a cancel is still seen between layers. A model's
+numpy caches reuse the key/value arrays of caches that are gone
 (engine/kvpool.py), as llama.cpp allocates its KV memory once. On this VM the balloon driver takes
 freed memory back: 2 GiB freed and touched again at once ran at 3.8 GB/s, after 1 s idle 1.9, after
 3-30 s 0.3 GB/s (how much depends on what else the guest has freed lately). A 2048 prefill on a

@@ -23,8 +23,8 @@ import numpy as np
 from engine.backends import kernels, numpy_threads
 from engine.backends.numpy_threads import address, dense_f32, lasting_address, over_rows
 
-WIDEN_BLOCK_BYTES = 32 << 20  # float32 bytes of a weight widened at once for BLAS (any layer's largest
-# matrix in one go for models up to ~2k hidden; the output embedding in blocks)
+WIDEN_BLOCK_BYTES = 32 << 20  # float32 bytes of a weight widened at once for BLAS: Qwen3-0.6B's largest
+# layer matrix (gate_up, 25 MB) in one go; bigger ones and the output embedding in blocks of rows
 
 _scratch = threading.local()
 
