@@ -60,8 +60,8 @@ two): the prefill ratio swings with that load (1.21-1.42x in the last four runs)
 tokens: the matrix-vector products, then the KV-cache read (117 MB per step, 10% of the bf16
 weights' bytes), then Python between the C calls ~3%.
 What got here: numpy keeps a bf16 checkpoint's weights as bf16 (engine/backends/numpy_bf16.py), so a
-decode step streams half the bytes of the fp32 floor: decode went from 8.5 to 11.5-13.6 tok/s, model
-load from 5.9 to 1.2-3.6 s, memory from 2.4 to 1.2 GB. Widening bf16 is exact, so results are
+decode step streams half the bytes of the fp32 floor: decode went from 8.5 to 11.5-14.3 tok/s, model
+load from 5.9 to 0.5-3.6 s, memory from 2.4 to 1.2 GB. Widening bf16 is exact, so results are
 unchanged: the C matrix-vector product widens in registers (1.5x its fp32 twin's speed: widening
 leaves the hardware prefetcher behind, so it prefetches the next rows; 4 or 8 rows at a time and
 other prefetch distances measured the same), and prefill widens each weight for BLAS into a reused
