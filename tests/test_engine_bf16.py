@@ -68,19 +68,17 @@ def test_embedding_widens_only_the_rows_it_reads() -> None:
     assert got.dtype == np.float32 and np.array_equal(got, as_f32(table.bits)[ids])
 
 
-def test_a_bf16_checkpoint_stays_bf16_on_numpy(tiny_model: TinyModels) -> None:
-    model = engine.load_model(tiny_model("qwen3_bf16").path, backend="numpy")
+@pytest.mark.parametrize("name", ["qwen3_bf16", "qwen2_bf16", "llama3_bf16"])
+def test_a_bf16_checkpoint_stays_bf16_on_numpy(tiny_model: TinyModels, name: str) -> None:
+    model = engine.load_model(tiny_model(name).path, backend="numpy")
     net = model.network
-    layer = net.layers[0]
-    weights = [
-        net.embed_tokens,
-        layer.self_attn.qkv,
-        layer.self_attn.o_proj,
-        layer.mlp.gate_up,
-        layer.mlp.down,
-    ]
-    assert all(isinstance(w, numpy_bf16.Bf16Weight) for w in weights)
-    assert net.lm_head is net.embed_tokens  # tied: one bf16 table serves both
+    layers = [(layer.self_attn, layer.mlp) for layer in net.layers]
+    weights = [w for a, m in layers for w in (a.qkv, a.o_proj, m.gate_up, m.down)]
+    assert all(isinstance(w, numpy_bf16.Bf16Weight) for w in [net.embed_tokens, net.lm_head, *weights])
+    assert (net.lm_head is net.embed_tokens) == model.config.tie_word_embeddings  # tied: one table
+    if name == "qwen2_bf16":  # biases and norms are float32 vectors
+        assert all(a.qkv_bias.dtype == np.float32 for a, _ in layers)
+    assert net.norm.dtype == np.float32
 
 
 def test_bf16_weights_compute_what_their_float32_widening_computes(
