@@ -280,35 +280,74 @@ static inline __attribute__((always_inline)) float dot_row(const void *w, int64_
     return s;
 }
 
-static inline __attribute__((always_inline)) void gemv_rows(const struct gemv_args *a, int64_t part, int64_t parts,
-                                                            const int bf16) {
+static void gemv_part(void *ctx, int64_t part, int64_t parts) {
+    const struct gemv_args *a = ctx;
     const int64_t n = a->cols, quads = a->rows / 4;
     const int64_t q0 = quads * part / parts, q1 = quads * (part + 1) / parts;
-    const float *restrict x = a->x;
-    const void *w = a->w;
+    const float *restrict x = a->x, *w = a->w;
     for (int64_t q = q0; q < q1; q++) {
-        const int64_t r = 4 * q;
-        /* Widening leaves the hardware prefetcher behind on bf16 rows: ask for the next four rows
-         * while these are summed (measured 1.4x; float32 rows gain nothing, they run at bandwidth). */
-        if (bf16 && q + 1 < q1)
-            for (int64_t i = 0; i < 4 * n; i += 32) __builtin_prefetch((const uint16_t *)w + (r + 4) * n + i);
+        const float *restrict w0 = w + 4 * q * n, *restrict w1 = w0 + n, *restrict w2 = w1 + n, *restrict w3 = w2 + n;
         float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
 #pragma omp simd reduction(+ : s0, s1, s2, s3)
         for (int64_t i = 0; i < n; i++) {
-            const float xi = x[i];
-            s0 += weight_at(w, r * n + i, bf16) * xi;
-            s1 += weight_at(w, (r + 1) * n + i, bf16) * xi;
-            s2 += weight_at(w, (r + 2) * n + i, bf16) * xi;
-            s3 += weight_at(w, (r + 3) * n + i, bf16) * xi;
+            s0 += w0[i] * x[i];
+            s1 += w1[i] * x[i];
+            s2 += w2[i] * x[i];
+            s3 += w3[i] * x[i];
         }
-        a->y[r] = s0, a->y[r + 1] = s1, a->y[r + 2] = s2, a->y[r + 3] = s3;
+        a->y[4 * q] = s0, a->y[4 * q + 1] = s1, a->y[4 * q + 2] = s2, a->y[4 * q + 3] = s3;
     }
     if (part == parts - 1) /* the last part also takes the rows after the last group of four */
-        for (int64_t r = 4 * quads; r < a->rows; r++) a->y[r] = dot_row(w, r, x, n, bf16);
+        for (int64_t r = 4 * quads; r < a->rows; r++) a->y[r] = dot_row(w, r, x, n, 0);
 }
 
-static void gemv_part(void *ctx, int64_t part, int64_t parts) { gemv_rows(ctx, part, parts, 0); }
-static void gemv_bf16_part(void *ctx, int64_t part, int64_t parts) { gemv_rows(ctx, part, parts, 1); }
+/* bfloat16 rows, 32 columns (one 64-byte line of each row) per step, in vectors of 16 written with
+ * the compiler's vector extensions (AVX-512 here, pairs of AVX2 or NEON registers elsewhere).
+ * Widening slows the loop enough that the hardware prefetcher falls behind, so each step asks for
+ * the same columns PREFETCH_QUADS groups of rows ahead: spread over the loop like this measured
+ * 1.7-2.1x the float32 product's speed, against 1.5-1.6x when a group's prefetches went out in one
+ * burst (more than the core's outstanding misses) and 1.15x without. */
+#define PREFETCH_QUADS 2
+typedef float f32x16 __attribute__((vector_size(64)));
+typedef uint32_t u32x16 __attribute__((vector_size(64)));
+typedef uint16_t u16x16 __attribute__((vector_size(32)));
+
+static inline f32x16 widen16(const uint16_t *p) {
+    u16x16 half;
+    memcpy(&half, p, sizeof half);
+    const u32x16 bits = __builtin_convertvector(half, u32x16) << 16;
+    f32x16 f;
+    memcpy(&f, &bits, sizeof f);
+    return f;
+}
+
+static void gemv_bf16_part(void *ctx, int64_t part, int64_t parts) {
+    const struct gemv_args *a = ctx;
+    const int64_t n = a->cols, quads = a->rows / 4, body = n - n % 32;
+    const int64_t q0 = quads * part / parts, q1 = quads * (part + 1) / parts;
+    const float *x = a->x;
+    const uint16_t *w = a->w;
+    for (int64_t q = q0; q < q1; q++) {
+        const uint16_t *rows = w + 4 * q * n;
+        f32x16 acc[4] = {{0}};
+        for (int64_t i = 0; i < body; i += 32) {
+            const uint16_t *ahead = rows + PREFETCH_QUADS * 4 * n + i; /* a prefetch never faults */
+            for (int j = 0; j < 4; j++) __builtin_prefetch(ahead + j * n);
+            f32x16 xa, xb;
+            memcpy(&xa, x + i, sizeof xa);
+            memcpy(&xb, x + i + 16, sizeof xb);
+            for (int j = 0; j < 4; j++) acc[j] += widen16(rows + j * n + i) * xa + widen16(rows + j * n + i + 16) * xb;
+        }
+        for (int j = 0; j < 4; j++) {
+            float s = 0.0f;
+            for (int lane = 0; lane < 16; lane++) s += acc[j][lane];
+            for (int64_t i = body; i < n; i++) s += weight_at(rows, j * n + i, 1) * x[i];
+            a->y[4 * q + j] = s;
+        }
+    }
+    if (part == parts - 1)
+        for (int64_t r = 4 * quads; r < a->rows; r++) a->y[r] = dot_row(w, r, x, n, 1);
+}
 
 void gemv(const float *w, const float *x, float *y, int64_t rows, int64_t cols, int64_t threads) {
     struct gemv_args a = {w, x, y, rows, cols};
