@@ -56,11 +56,11 @@ sgemm, incl. ~1% widening bf16 weights; the floor's prefill column is the matmul
 fused flash attention 2.5 s, elementwise ~2 s, plus 2.6 s for the logits of every position. torch's
 matmuls (MKL) are ~1.2x OpenBLAS's on these shapes with two threads, equal with one, and lose less
 than OpenBLAS's when the machine's other tenants load it (then 1.16x with one thread, 1.23x with
-two): the prefill ratio swings with that load (1.21-1.42x in the last four runs). Decode after 512
+two): the prefill ratio swings with that load (1.21-1.42x in the last six runs). Decode after 512
 tokens: the matrix-vector products, then the KV-cache read (117 MB per step, 10% of the bf16
 weights' bytes), then Python between the C calls ~3%.
 What got here: numpy keeps a bf16 checkpoint's weights as bf16 (engine/backends/numpy_bf16.py), so a
-decode step streams half the bytes of the fp32 floor: decode went from 8.5 to 11.5-14.3 tok/s, model
+decode step streams half the bytes of the fp32 floor: decode went from 8.5 to 16.9 tok/s, model
 load from 5.9 to 0.5-3.6 s, memory from 2.4 to 1.2 GB. Widening bf16 is exact, so results are
 unchanged: the C matrix-vector product widens in registers (1.7-2.1x its fp32 twin's speed:
 widening leaves the hardware prefetcher behind, so it prefetches two row groups ahead, spread over
