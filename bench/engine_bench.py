@@ -165,6 +165,9 @@ def _timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - t0
 
 
+LONG_CONTEXTS = (2048, 8192)  # numpy decode at these cache lengths too: where the KV read outweighs weights
+
+
 def compare(path: Path, prefill: list[int], decode_after: int, decode_steps: int, reps: int) -> dict:
     """numpy, its weight floor and transformers in one process, interleaved step by step, so that load
     from other work on the machine falls on all of them alike. Prefill: best of `reps`; decode: median
@@ -196,6 +199,11 @@ def compare(path: Path, prefill: list[int], decode_after: int, decode_steps: int
             steps[name].append(_timed(runners[name].decode_step))
     for name, times in steps.items():
         out[name]["decode_tok_s"] = 1 / float(np.median(times))
+    for context in LONG_CONTEXTS:  # numpy only: a transformers prefill of 8k tokens would take minutes
+        numpy_runner.start_decode_at(context)
+        times = [_timed(numpy_runner.decode_step) for _ in range(decode_steps // 2)]
+        out["numpy"][f"decode_at_{context}_tok_s"] = 1 / float(np.median(times))
+        numpy_runner.cache = None  # its arrays go back to the model's pool
     out["numpy"]["weight_gb"] = sum(w.nbytes for w in weights_of(numpy_runner.model.network)) / 1e9
     out["floor"] |= {
         "weight_gb": runners["floor"].nbytes / 1e9,
@@ -277,6 +285,8 @@ def render(results: dict, limits: dict, params: int, args: argparse.Namespace) -
     prefill_vs_floor = np_r[f"prefill_{long_n}_tok_s"] / floor[f"prefill_{long_n}_tok_s"]
     decode_ratio = np_r["decode_tok_s"] / floor["decode_tok_s"]
     own_floor = floor["floor_gbs"] / np_r["weight_gb"]  # tok/s if its own bytes streamed at that speed
+    q = QWEN3_06B
+    kv_bytes_per_token = 2 * q["num_hidden_layers"] * q["num_key_value_heads"] * q["head_dim"] * 4
     lines += [
         "",
         f"- numpy decode / weight floor ({floor['weight_gb']:.2f} GB of fp32 weights streamed at "
@@ -289,6 +299,15 @@ def render(results: dict, limits: dict, params: int, args: argparse.Namespace) -
         f"against transformers computing only the last position's logits: "
         f"{np_r[f'prefill_{long_n}_tok_s'] / tfl_r[f'prefill_{long_n}_tok_s']:.2f}x.",
         f"- numpy decode / transformers decode: {np_r['decode_tok_s'] / tf_r['decode_tok_s']:.2f}x.",
+        "- numpy decode at longer contexts (cache filled directly, not prefilled; float32 KV, "
+        f"{kv_bytes_per_token / 1e3:.0f} KB per cached token): "
+        + ", ".join(
+            f"after {c} tokens {np_r[f'decode_at_{c}_tok_s']:.2f} tok/s "
+            f"(KV read {c * kv_bytes_per_token / 1e9:.2f} GB)"
+            for c in LONG_CONTEXTS
+            if f"decode_at_{c}_tok_s" in np_r
+        )
+        + f", against {np_r['weight_gb']:.2f} GB of weights per step.",
         f"- numpy prefill {long_n} / its weight matmuls alone (the floor's prefill, {floor_gflops:.0f} "
         f"GFLOP/s): {prefill_vs_floor:.0%}; the rest is attention and elementwise work.",
         f"- numpy load peak RSS / its final weights ({np_r['weight_gb']:.2f} GB): "

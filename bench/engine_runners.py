@@ -29,6 +29,18 @@ class EngineRunner:
     def decode_step(self) -> None:
         self.logits = self.model.forward([int(np.argmax(self.logits))], self.cache)
 
+    def start_decode_at(self, context: int) -> None:
+        """A cache already holding `context` positions, filled with random keys and values instead of
+        prefilled (a decode step reads the same bytes whatever they hold), then decode from there."""
+        rng = np.random.default_rng(context)
+        self.cache = self.model.make_cache()
+        self.cache.reserve(context + 64)
+        for keys, values in zip(self.cache.keys, self.cache.values, strict=True):
+            for part in (keys, values):
+                part[:, :context] = rng.standard_normal((part.shape[0], context, part.shape[2]), np.float32)
+        self.cache.commit(context)
+        self.logits = self.model.forward([1], self.cache)
+
 
 def weights_of(network: object) -> list:
     """The network's linear weights, [out, in] each: 4 per layer, then the output projection."""
