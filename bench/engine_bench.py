@@ -56,7 +56,7 @@ sgemm, incl. ~1% widening bf16 weights; the floor's prefill column is the matmul
 fused flash attention 2.5 s, elementwise ~2 s, plus 2.6 s for the logits of every position. torch's
 matmuls (MKL) are ~1.2x OpenBLAS's on these shapes with two threads, equal with one, and lose less
 than OpenBLAS's when the machine's other tenants load it (then 1.16x with one thread, 1.23x with
-two): the prefill ratio swings with that load (1.21-1.42x in the last six runs). Decode after 512
+two): the prefill ratio swings with that load (1.21-1.42x in the last seven runs). Decode after 512
 tokens: the matrix-vector products, then the KV-cache read (117 MB per step, 10% of the bf16
 weights' bytes), then Python between the C calls ~3%.
 What got here: numpy keeps a bf16 checkpoint's weights as bf16 (engine/backends/numpy_bf16.py), so a
