@@ -21,9 +21,8 @@ from engine.safetensors_io import Checkpoint
 DEQUANT_ROWS = 4096  # rows dequantized at a time, bounding the temporaries of big tables
 
 
-def prefaulted_float32(shape: tuple[int, ...], dtype: type = np.float32) -> np.ndarray:
-    """An uninitialised float32 (or `dtype`) array whose pages are mapped up front by one MAP_POPULATE
-    mmap.
+def prefaulted(shape: tuple[int, ...], dtype: type = np.float32) -> np.ndarray:
+    """An uninitialised array whose pages are mapped up front by one MAP_POPULATE mmap.
 
     Weights are written once, in full: faulting their pages in one by one on first write costs more
     than the bf16 -> f32 conversion itself on virtual machines (measured 4.5x slower for 400 MB)."""
@@ -93,7 +92,7 @@ class WeightReader:
             return None
         if any(self.checkpoint.info(n).dtype != "BF16" for n in names):
             return None
-        bits = prefaulted_float32((sum(out_sizes), in_size), np.uint16)
+        bits = prefaulted((sum(out_sizes), in_size), np.uint16)
         row = 0
         for name, rows in zip(names, out_sizes, strict=True):
             self._check(name, (rows, in_size))
@@ -170,7 +169,7 @@ class WeightReader:
         ):
             weight = kept
         else:
-            full = prefaulted_float32((sum(out_sizes), in_size))
+            full = prefaulted((sum(out_sizes), in_size))
             row = 0
             for p, o, q in zip(prefixes, out_sizes, quant, strict=True):
                 if q is None:
@@ -190,13 +189,13 @@ class WeightReader:
         if quant is None and (kept := self._bf16([f"{prefix}.weight"], [vocab], hidden)):
             table = kept
         elif quant is None:
-            table = self._float(f"{prefix}.weight", (vocab, hidden), out=prefaulted_float32((vocab, hidden)))
+            table = self._float(f"{prefix}.weight", (vocab, hidden), out=prefaulted((vocab, hidden)))
             table = self.ops.asarray(table)
         elif hasattr(self.ops, "quantized_weight"):
             table = self.ops.quantized_weight(*self._quantized_parts(prefix, vocab, hidden, *quant), *quant)
         else:
             parts = self._quantized_parts(prefix, vocab, hidden, *quant)
-            table = dequantize(*parts, *quant, out=prefaulted_float32((vocab, hidden)))
+            table = dequantize(*parts, *quant, out=prefaulted((vocab, hidden)))
         self._release(prefix)
         return table
 
