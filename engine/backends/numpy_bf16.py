@@ -38,8 +38,14 @@ class Bf16Weight:
                 f"bfloat16 weight bits must be C-contiguous uint16 [out, in], not {bits.dtype} {bits.shape}"
             )
         self.bits = bits
-        self.shape: tuple[int, int] = bits.shape  # type: ignore[assignment]
-        self.nbytes = bits.nbytes
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.bits.shape  # type: ignore[return-value]
+
+    @property
+    def nbytes(self) -> int:
+        return self.bits.nbytes
 
     def __repr__(self) -> str:
         return f"Bf16Weight{list(self.shape)}"
