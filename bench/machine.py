@@ -1,9 +1,9 @@
 """The machine's limits, measured in-process, so every benchmark can quote its numbers against them.
 
 Each function returns one float. `measure_limits()` runs them all (about 10 s) and `limits_table()`
-renders the result as a markdown table. Redis figures need a client (e.g. workbench.redis_server.connect()).
+renders the result as a markdown table. Redis figures need a client (e.g. core.redis_server.connect()).
 
-    python -m bench.machine            # prints the table (Redis via workbench.redis_server if reachable)
+    python -m bench.machine            # prints the table (Redis via core.redis_server if reachable)
 """
 
 from __future__ import annotations
@@ -159,7 +159,7 @@ def limits_table(limits: dict[str, float] | None = None, redis_client: Any = Non
 if __name__ == "__main__":
     client = None
     try:
-        from workbench.redis_server import connect
+        from core.redis_server import connect
 
         client = connect()
         client.ping()

@@ -12,7 +12,7 @@ import redis
 def start_redis(directory: Path, *settings: str) -> tuple[subprocess.Popen[bytes], redis.Redis]:
     """Start redis-server (the binary Workbench itself uses) with `settings` on top of the basics, and
     wait until it answers; (process, client). The caller terminates the process."""
-    from workbench.redis_server import find_server_binary
+    from core.redis_server import find_server_binary
 
     sock = directory / "redis.sock"
     args = [find_server_binary(), "--port", "0", "--unixsocket", str(sock), "--dir", str(directory),

@@ -60,7 +60,7 @@ def hf_cache_dir() -> Path:
 
 
 def workbench_models_dir() -> Path:
-    """$WORKBENCH_HOME/models (engine does not import workbench.paths; same rule, no directory created)."""
+    """$WORKBENCH_HOME/models (engine does not import core.paths; same rule, no directory created)."""
     home = os.environ.get("WORKBENCH_HOME")
     if home:
         return Path(home).expanduser() / "models"

@@ -164,7 +164,7 @@ def _safetensors_file(path: Path) -> Path:
     bin_file = path / "pytorch_model.bin"
     if not bin_file.is_file():
         raise ModelFormatError(f"{path}: neither model.safetensors nor pytorch_model.bin is present")
-    from workbench.paths import cache_dir
+    from core.paths import cache_dir
 
     st = bin_file.stat()
     key = hashlib.sha256(f"{bin_file.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:16]

@@ -107,11 +107,11 @@ class Index:
         """The index of `repo_path` (resolved to its real path) for the embedding model; no I/O on files."""
         root = Path(os.path.realpath(repo_path))
         if not root.is_dir():
-            from workbench.errors import NotFound
+            from core.errors import NotFound
 
             raise NotFound(f"repository {repo_path} is not a directory")
         if redis is None:
-            from workbench.redis_server import connect
+            from core.redis_server import connect
 
             redis = connect()
         return cls(root, redis, Path(model_dir) if model_dir is not None else None, encoder)

@@ -1,8 +1,8 @@
 """Sessions: durable conversations and the service the CLI and TUI run turns through."""
 
+from core.lease import SessionBusy
 from sessions.events import CacheStats, Delta, Result, Retrieval, RetrievedChunk, SessionStarted
 from sessions.ids import AmbiguousId
-from sessions.lease import SessionBusy
 from sessions.model import Message, Sampling, Session, SessionInfo, Settings
 from sessions.options import TurnOptions, repo_root
 from sessions.service import SessionService

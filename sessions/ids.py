@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 
-from workbench.errors import NotFound, UsageError
+from core.errors import NotFound, UsageError
 
 ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"  # Crockford base32, lower case: no i, l, o, u
 ID_LENGTH = 16

@@ -16,12 +16,13 @@ from typing import TypeVar
 
 import redis
 
+from core import redis_server
+from core.env import env_int
+from core.errors import UsageError
+from core.paths import data_dir
 from engine.blockrefs import FileRefs
 from engine.blocks import DEFAULT_BLOCK_SIZE, BlockStore
 from engine.blocktiers import DiskTier, MemoryTier
-from workbench import redis_server
-from workbench.errors import UsageError
-from workbench.paths import data_dir
 
 BLOCK_PREFIX = b"wb:kv:"
 STATS_KEY = b"wb:kvstat:counters"
@@ -134,16 +135,6 @@ class RedisStats:
         self.client.delete(STATS_KEY)
 
 
-def _env_int(name: str, default: int) -> int:
-    raw = os.environ.get(name)
-    if not raw:
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise UsageError(f"{name}={raw!r} is not an integer") from None
-
-
 def kv_dir() -> Path:
     return data_dir() / "kv"
 
@@ -166,14 +157,14 @@ def open_block_store(
     root = kv_dir()
     dtype = dtype or os.environ.get("WORKBENCH_KV_DTYPE") or None
     tiers = [
-        MemoryTier((memory_mb or _env_int("WORKBENCH_KV_MEMORY_MB", 512)) << 20),
-        DiskTier(root, (disk_mb or _env_int("WORKBENCH_KV_DISK_MB", 16384)) << 20),
+        MemoryTier((memory_mb or env_int("WORKBENCH_KV_MEMORY_MB", 512)) << 20),
+        DiskTier(root, (disk_mb or env_int("WORKBENCH_KV_DISK_MB", 16384)) << 20),
         RedisTier(client, ttl_s),
     ]
     try:
         return BlockStore(
             tiers,
-            block_size=block_size or _env_int("WORKBENCH_KV_BLOCK_SIZE", DEFAULT_BLOCK_SIZE),
+            block_size=block_size or env_int("WORKBENCH_KV_BLOCK_SIZE", DEFAULT_BLOCK_SIZE),
             dtype=dtype,
             refs=FileRefs(root / "refs"),
             stats_sink=RedisStats(client),

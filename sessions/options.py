@@ -6,8 +6,8 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
+from core.errors import UsageError
 from sessions.model import Settings
-from workbench.errors import UsageError
 
 
 @dataclass

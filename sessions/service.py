@@ -21,10 +21,11 @@ from typing import Any, Literal
 
 import redis
 
+from core.errors import NotFound, UsageError
+from core.lease import LEASE_MS, LeaseKeeper
 from sessions import export as exporting
 from sessions.engine_thread import EngineThread
 from sessions.ids import new_id
-from sessions.lease import LEASE_MS, LeaseKeeper
 from sessions.log import history_delta, message_record
 from sessions.model import Session, SessionInfo, Settings, title_from_prompt
 from sessions.options import TurnOptions, model_name, repo_root
@@ -32,7 +33,6 @@ from sessions.retrieval import Retriever
 from sessions.runner import TurnJob, run_turn
 from sessions.store import SearchHit, SessionStore
 from sessions.turn import Turn
-from workbench.errors import NotFound, UsageError
 
 log = logging.getLogger("workbench.sessions")
 
@@ -48,7 +48,7 @@ class SessionService:
         lease_ms: int = LEASE_MS,
     ) -> None:
         if redis_client is None:
-            from workbench import redis_server
+            from core import redis_server
 
             redis_client = redis_server.connect()
         self.r = redis_client

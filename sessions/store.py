@@ -24,6 +24,8 @@ from typing import Any
 
 import redis
 
+from core.errors import NotFound
+from core.paths import data_dir, ensure_writable
 from sessions import ids, search
 from sessions.log import (
     SessionFile,
@@ -36,8 +38,6 @@ from sessions.log import (
     replay,
 )
 from sessions.model import Message, Session, SessionInfo
-from workbench.errors import NotFound
-from workbench.paths import data_dir, ensure_writable
 
 log = logging.getLogger("workbench.sessions")
 

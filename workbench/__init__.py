@@ -1,6 +1,5 @@
 """Workbench: the CLI and (next) the TUI over the session service."""
 
-import os
+from core.env import set_blas_spin_default
 
-# before anything imports numpy; see engine/backends/blas_threads.py (SPIN_LOG2_CYCLES)
-os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "20")
+set_blas_spin_default()  # before anything imports numpy

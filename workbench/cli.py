@@ -12,8 +12,8 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from core.errors import UsageError, WorkbenchError
 from workbench import headless
-from workbench.errors import UsageError, WorkbenchError
 
 COMMAND_MODULES = [
     "workbench.cmd_doctor",

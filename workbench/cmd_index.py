@@ -11,7 +11,7 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
-from workbench.errors import UsageError
+from core.errors import UsageError
 
 if TYPE_CHECKING:
     from indexer import Hit, Index, UpdateStats

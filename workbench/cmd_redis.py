@@ -18,7 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_status(args: argparse.Namespace) -> int:
-    from workbench import redis_server  # redis-py costs ~140 ms: only load it when used
+    from core import redis_server  # redis-py costs ~140 ms: only load it when used
 
     url = os.environ.get("REDIS_URL")
     if url:
@@ -36,7 +36,7 @@ def run_status(args: argparse.Namespace) -> int:
 
 
 def run_stop(args: argparse.Namespace) -> int:
-    from workbench import redis_server
+    from core import redis_server
 
     if os.environ.get("REDIS_URL"):
         print("workbench: REDIS_URL is set; Workbench never stops a server it did not start")

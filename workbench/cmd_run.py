@@ -11,8 +11,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from core.errors import UsageError
 from workbench import headless
-from workbench.errors import UsageError
 
 
 def register(sub: argparse._SubParsersAction) -> None:

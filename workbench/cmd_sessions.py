@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from core.errors import UsageError
 from workbench.argtypes import whole_number
-from workbench.errors import UsageError
 
 if TYPE_CHECKING:
     from sessions.service import SessionService

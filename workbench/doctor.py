@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
-from workbench.errors import WorkbenchError
+from core.errors import WorkbenchError
 
 
 @dataclass
@@ -59,7 +59,7 @@ def check_mlx() -> Check:
 
 
 def check_data_dir() -> Check:
-    from workbench.paths import data_dir
+    from core.paths import data_dir
 
     try:
         return Check("data dir", True, str(data_dir()))
@@ -68,7 +68,7 @@ def check_data_dir() -> Check:
 
 
 def check_redis() -> Check:
-    from workbench import redis_server
+    from core import redis_server
 
     try:
         info = redis_server.server_info()

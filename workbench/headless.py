@@ -17,8 +17,8 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
+from core.errors import UsageError, WorkbenchError
 from workbench.argtypes import number_in, whole_number
-from workbench.errors import UsageError, WorkbenchError
 from workbench.output import FORMATS, Writer, make_writer
 
 if TYPE_CHECKING:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from workbench.errors import NotFound
+from core.errors import NotFound
 
 if TYPE_CHECKING:
     from sessions.options import TurnOptions

@@ -17,7 +17,7 @@ import time
 
 import redis
 
-from workbench.errors import WorkbenchError
+from core.errors import WorkbenchError
 
 log = logging.getLogger("workbench.sessions")
 

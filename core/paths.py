@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from workbench.errors import DataDirError
+from core.errors import DataDirError
 
 
 def data_dir() -> Path:

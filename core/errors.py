@@ -25,7 +25,3 @@ class RedisUnavailable(WorkbenchError):
 
 class DataDirError(WorkbenchError):
     exit_code = 1
-
-
-class Interrupted(WorkbenchError):
-    exit_code = 130
