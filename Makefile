@@ -34,8 +34,10 @@ $(REDIS): $(STAMP) FORCE
 
 FORCE:
 
+# REPO=~/code/app opens the workbench on another checkout (default: this one).
+REPO ?= .
 run: setup
-	WORKBENCH_REDIS_SERVER=$$(cat $(REDIS)) $(BIN)/workbench
+	@server=$$(cat $(REDIS)) && cd "$(REPO)" && WORKBENCH_REDIS_SERVER=$$server $(abspath $(BIN))/workbench
 
 test: setup
 	$(BIN)/ruff check .
