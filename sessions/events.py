@@ -21,6 +21,9 @@ class Event:
     type: ClassVar[str] = "event"
     session_id: str | None
 
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": self.type, **dataclasses.asdict(self)}
+
 
 @dataclass
 class Queued(Event):
@@ -39,13 +42,10 @@ class ModelLoading(Event):
     bytes: int = 0
     done: bool = False
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"type": self.type, **dataclasses.asdict(self)}
-
 
 @dataclass
 class SessionStarted(Event):
-    """First event of every turn: which session, model and backend it runs on."""
+    """The session exists from here on: which session, model and backend the turn runs on."""
 
     type: ClassVar[str] = "session"
     model: str = ""
