@@ -156,10 +156,10 @@ def load(state: TurnState) -> None:
     state.name = name
     backend = job.options.backend
     sid = job.turn.session_id
-    loading = not job.is_loaded(name, backend)
-    size = _weights_bytes(name) if loading else 0
+    size = None if job.is_loaded(name, backend) else _weights_bytes(name)
+    loading = size is not None  # (None also when the model is not there: the load says what is wrong)
     if loading:
-        job.turn.emit(ModelLoading(sid, name=name, bytes=size, done=False))
+        job.turn.emit(ModelLoading(sid, name=name, bytes=size or 0, done=False))
     try:
         state.model = job.load_model(name, backend, job.turn.cancel_event)
     except (EngineError, OSError) as exc:
@@ -173,17 +173,17 @@ def load(state: TurnState) -> None:
             code,
         ) from None
     if loading and state.model is not None:
-        job.turn.emit(ModelLoading(sid, name=name, bytes=size, done=True))
+        job.turn.emit(ModelLoading(sid, name=name, bytes=size or 0, done=True))
 
 
-def _weights_bytes(name: str) -> int:
+def _weights_bytes(name: str) -> int | None:
     from engine.errors import EngineError
     from engine.loader import resolve_path
 
     try:
         return sum(p.stat().st_size for p in resolve_path(name).glob("*.safetensors"))
     except (EngineError, OSError):
-        return 0  # the load itself reports what is wrong
+        return None
 
 
 def prepare(state: TurnState) -> None:
