@@ -68,6 +68,7 @@ class TurnState:
     user: Message | None = None
     retrieved: Retrieved = field(default_factory=Retrieved)
     fitted: Fitted | None = None
+    rag_budget: int = 0  # retrieved tokens allowed: the session's budget or the room the context leaves
     kv_reuse: bool = True
     reply_index: int = 0
     cache: Any = None
@@ -205,10 +206,11 @@ def prepare(state: TurnState) -> None:
 
     state.fitted = fit(lambda c: tok.encode(c["text"]))
     if settings.rag:
-        budget = retrieval_budget(model.context_length, len(state.fitted.token_ids), max_tokens,
-                                  settings.rag_budget)  # fmt: skip
+        state.rag_budget = retrieval_budget(
+            model.context_length, len(state.fitted.token_ids), max_tokens, settings.rag_budget
+        )
         retrieved = job.retriever.retrieve_cancellable(
-            s.repo, job.prompt, tok, settings.rag_k, budget, job.turn.cancel_event
+            s.repo, job.prompt, tok, settings.rag_k, state.rag_budget, job.turn.cancel_event
         )
         if retrieved is None:
             return  # cancelled while waiting for the index
@@ -220,13 +222,14 @@ def prepare(state: TurnState) -> None:
 
 
 def retrieval_event(state: TurnState) -> Retrieval:
-    r, settings = state.retrieved, state.settings
+    r = state.retrieved
     chunks = [
         RetrievedChunk(c["path"], c["start_line"], c["end_line"], c["symbol"], c["score"], c["tokens"])
         for c in r.chunks
     ]
-    budget = settings.rag_budget if settings is not None and settings.rag else 0
-    return Retrieval(state.session.id, chunks=chunks, tokens=r.tokens, budget=budget, skipped=r.skipped)
+    return Retrieval(
+        state.session.id, chunks=chunks, tokens=r.tokens, budget=state.rag_budget, skipped=r.skipped
+    )
 
 
 def session_event(state: TurnState) -> SessionStarted:
