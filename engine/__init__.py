@@ -12,7 +12,7 @@ from engine.detok import ReasoningSplitter, StreamingDetokenizer
 from engine.generate import Delta, GenerationResult, generate
 from engine.hub import DEFAULT_MODEL
 from engine.sampling import SamplingParams, make_sampler
-from engine.steps import Step, TokenStream, generate_tokens
+from engine.steps import Step, TokenStream, decode_from, generate_tokens
 from engine.tokenizer import Tokenizer
 
 __all__ += [
@@ -25,6 +25,7 @@ __all__ += [
     "StreamingDetokenizer",
     "TokenStream",
     "Tokenizer",
+    "decode_from",
     "generate",
     "generate_tokens",
     "make_sampler",

@@ -79,16 +79,29 @@ class TokenStream:
 
     def __iter__(self) -> Iterator[Step]:
         logits = self.prefill()
-        while logits is not None:
-            if self.cancel():
-                self.cancelled = True
-                return
-            token = self.sampler(logits)
-            yield Step(token, logits)
-            if self.cancel():
-                self.cancelled = True
-                return
-            logits = self.model.forward([token], self.cache)
+        if logits is None:
+            return
+        yield from decode_from(self.model, self.cache, logits, self.sampler, self.cancel)
+        self.cancelled = self.cancel()  # reached only when decode_from stopped (a cancel), not on a break
+
+
+def decode_from(
+    model: Any,
+    cache: Any,
+    logits: np.ndarray,
+    sampler: Callable[[np.ndarray], int] = greedy,
+    cancel: Callable[[], bool] | None = None,
+) -> Iterator[Step]:
+    """Steps from a cache that already holds the prompt and the logits of its last position (a
+    restored or hand-filled cache); stops when `cancel` says so. Each yielded token is fed to the
+    cache only when the next step is asked for."""
+    cancelled = cancel or (lambda: False)
+    while not cancelled():
+        token = sampler(logits)
+        yield Step(token, logits)
+        if cancelled():
+            return
+        logits = model.forward([token], cache)
 
 
 def generate_tokens(
