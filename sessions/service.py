@@ -21,8 +21,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from concurrent import futures
-from concurrent.futures import Future, ThreadPoolExecutor
 from types import SimpleNamespace
 from typing import Any, Literal, TypeVar
 
@@ -31,8 +29,8 @@ import redis
 from core.errors import NotFound, UsageError
 from core.lease import LEASE_MS, LeaseKeeper
 from sessions import export as exporting
-from sessions.engine_thread import EngineThread, Job
-from sessions.events import Queued, Result
+from sessions.engine_thread import EngineThread
+from sessions.events import Result
 from sessions.ids import new_id
 from sessions.log import history_delta, message_record
 from sessions.model import Session, SessionInfo, Settings, title_from_prompt
@@ -41,6 +39,8 @@ from sessions.retrieval import Retriever
 from sessions.runner import TurnJob, run_turn
 from sessions.store import SearchHit, SessionStore
 from sessions.turn import Turn
+from sessions.turn_queue import TurnQueue, cancelled
+from sessions.workers import Workers
 
 log = logging.getLogger("workbench.sessions")
 
@@ -66,15 +66,12 @@ class SessionService:
         self._owns_blocks = False
         self._blocks_lock = threading.Lock()
         self._retriever = Retriever()
-        self._turns: set[Turn] = set()
-        self._turns_lock = threading.Lock()
-        self._worker = ThreadPoolExecutor(1, thread_name_prefix="wb-service")
-        self._background = ThreadPoolExecutor(1, thread_name_prefix="wb-blocks")
-        self._pending: list[Future[Any]] = []
+        self._queue = TurnQueue(self._engine)
         self._r: redis.Redis | None = None
         self._store: SessionStore | None = None
         self._leases: LeaseKeeper | None = None
-        self._started = self._worker.submit(self._start, redis_client, lease_ms)
+        self._workers = Workers(lambda: self._start(redis_client, lease_ms))
+        self._started = self._workers.started
 
     def _start(self, redis_client: redis.Redis | None, lease_ms: int) -> None:
         if redis_client is None:
@@ -101,7 +98,7 @@ class SessionService:
 
     async def call_async(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a blocking call of this service (list, search, show, ...) on its worker: for an event loop."""
-        return await asyncio.wrap_future(self._worker.submit(fn, *args, **kwargs))
+        return await self._workers.call_async(fn, *args, **kwargs)
 
     @property
     def r(self) -> redis.Redis:
@@ -137,9 +134,8 @@ class SessionService:
             raise UsageError("empty prompt: give the assistant something to answer")
         options.apply(Settings())  # validates the values before anything runs
         turn = Turn()
-        with self._turns_lock:
-            self._turns.add(turn)
-        self._worker.submit(self._admit, turn, session_id, prompt, options)
+        self._queue.add(turn)
+        self._workers.submit(self._admit, turn, session_id, prompt, options)
         return turn
 
     def _admit(self, turn: Turn, session_ref: str | None, prompt: str, options: TurnOptions) -> None:
@@ -149,14 +145,15 @@ class SessionService:
                 if turn.cancel_event.wait(READY_POLL_S):
                     break
             if turn.cancelled:
-                return self._end(turn, Result(None, finish_reason="cancelled", exit_code=130))
+                return self._queue.end(turn, cancelled(turn))
             self.wait_ready()
             session, is_new = self._session_for(turn, session_ref, prompt, options)
         except Exception as exc:
             code = getattr(exc, "exit_code", 1)
             message = str(exc) if hasattr(exc, "exit_code") else f"{type(exc).__name__}: {exc}"
-            return self._end(turn, Result(turn.session_id, finish_reason="error", is_error=True,
-                                          error=message, exit_code=code))  # fmt: skip
+            failed = Result(turn.session_id, finish_reason="error", is_error=True, error=message)
+            failed.exit_code = code
+            return self._queue.end(turn, failed)
         job = TurnJob(
             turn=turn,
             session=session,
@@ -171,18 +168,7 @@ class SessionService:
             lease=self.leases.acquire,
             partial_interval_s=self.partial_interval_s,
         )
-
-        def run() -> None:
-            try:
-                run_turn(job)
-            finally:
-                self._forget(turn)
-
-        queued = Job(run, lambda: self._end(turn, Result(turn.session_id, finish_reason="cancelled",
-                                                         exit_code=130)))  # fmt: skip
-        turn.emit(Queued(turn.session_id, position=len(self._engine.pending())))
-        self._engine.submit(queued)
-        turn.on_cancel(queued.drop)  # a queued turn that is cancelled ends at once, not when its turn comes
+        self._queue.enqueue(turn, lambda: run_turn(job))
 
     def _session_for(
         self, turn: Turn, session_ref: str | None, prompt: str, options: TurnOptions
@@ -203,18 +189,9 @@ class SessionService:
         )
         return session, True
 
-    def _end(self, turn: Turn, result: Result) -> None:
-        turn.emit(result)
-        self._forget(turn)
-
-    def _forget(self, turn: Turn) -> None:
-        with self._turns_lock:
-            self._turns.discard(turn)
-
     def turns(self) -> list[Turn]:
         """Turns queued or running."""
-        with self._turns_lock:
-            return [t for t in self._turns if not t.done]
+        return self._queue.live()
 
     def blocks(self) -> Any:
         """The KV block store (memory, disk, Redis), opened on first use; None if it cannot be."""
@@ -315,7 +292,7 @@ class SessionService:
         child.messages, child.message_count = snap.messages, len(snap.messages)
         child.history, child.history_fingerprint = snap.history, snap.history_fingerprint
         child.history_dtype = snap.history_dtype
-        self._in_background(self._pin_fork, child)  # may open the block store and hash weights: seconds
+        self._workers.in_background(self._pin_fork, child)  # opens the block store, hashes weights: seconds
         return child
 
     def _pin_fork(self, child: Session) -> None:
@@ -351,7 +328,7 @@ class SessionService:
             self.store.delete(session_id)
         finally:
             self.leases.release(session_id)
-        self._in_background(self._unpin, session_id)  # opening the block store may take seconds
+        self._workers.in_background(self._unpin, session_id)  # opening the block store may take seconds
         return session_id
 
     def _unpin(self, session_id: str) -> None:
@@ -359,24 +336,9 @@ class SessionService:
         if blocks is not None:
             blocks.unpin(session_id)
 
-    def _in_background(self, fn: Callable[..., Any], *args: Any) -> None:
-        def logged() -> None:
-            try:
-                fn(*args)
-            except Exception:  # a pin is an optimisation: a failure costs a recompute, never the call
-                log.exception("KV block pin/unpin failed")
-
-        future = self._background.submit(logged)
-        with self._turns_lock:
-            self._pending = [f for f in self._pending if not f.done()] + [future]
-
     def wait_background(self, timeout: float | None = None) -> None:
         """Wait for the KV pins and unpins that fork/delete left running (tests, shutdown)."""
-        with self._turns_lock:
-            pending = list(self._pending)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        for future in pending:
-            future.result(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        self._workers.wait_background(timeout)
 
     def export(self, id_or_prefix: str, fmt: Literal["markdown", "json"] = "markdown") -> str:
         session = self.show(id_or_prefix)
@@ -407,13 +369,10 @@ class SessionService:
         if cancel_pending:
             for turn in self.turns():
                 turn.cancel()
-        futures.wait([self._started], left())
-        if not self._started.done():  # Redis still starting after `timeout`: abandon it
-            self._worker.shutdown(wait=False, cancel_futures=True)
+        if not self._workers.stop_admitting(left()):  # Redis still starting after `timeout`
             return False
-        self._worker.shutdown(wait=True)  # admissions take milliseconds once started
         clean = self._engine.close(left())
-        self._background.shutdown(wait=clean)
+        self._workers.stop_background(wait=clean)
         if self._blocks is not None and clean:
             try:
                 self._blocks.close() if self._owns_blocks else self._blocks.flush()
