@@ -7,6 +7,7 @@ always agrees: the error shows from the second step on, through attention over t
 
 from __future__ import annotations
 
+from itertools import islice
 from typing import Any
 
 import numpy as np
@@ -16,12 +17,10 @@ from engine.blocktiers import MemoryTier
 
 
 def _greedy(model: Any, cache: Any, logits: np.ndarray, n: int) -> tuple[list[int], list[np.ndarray]]:
-    tokens, seen = [], []
-    for _ in range(n):
-        seen.append(logits)
-        tokens.append(int(np.argmax(logits)))
-        logits = model.forward([tokens[-1]], cache)
-    return tokens, seen
+    import engine
+
+    steps = list(islice(engine.decode_from(model, cache, logits), n))
+    return [s.token for s in steps], [s.logits for s in steps]
 
 
 def dtype_agreement(model: Any, ids: list[int], dtype: str, n: int = 256, block_size: int = 16) -> dict:

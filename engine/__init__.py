@@ -7,11 +7,12 @@ from engine.model import Model
 
 __all__ = ["Model", "load_model"]
 
-# Tokenizer, sampling and generation (engine-gen).
+# Tokenizer, sampling and generation: tokens (engine/steps.py), text on top (engine/generate.py).
 from engine.detok import ReasoningSplitter, StreamingDetokenizer
 from engine.generate import Delta, GenerationResult, generate
 from engine.hub import DEFAULT_MODEL
 from engine.sampling import SamplingParams, make_sampler
+from engine.steps import Step, TokenStream, decode_from, generate_tokens
 from engine.tokenizer import Tokenizer
 
 __all__ += [
@@ -20,8 +21,12 @@ __all__ += [
     "GenerationResult",
     "ReasoningSplitter",
     "SamplingParams",
+    "Step",
     "StreamingDetokenizer",
+    "TokenStream",
     "Tokenizer",
+    "decode_from",
     "generate",
+    "generate_tokens",
     "make_sampler",
 ]

@@ -1,8 +1,8 @@
-"""Generation: prefill what the cache lacks, then sample token by token, streaming text deltas.
+"""Text generation on top of the token-level steps of engine/steps.py, streaming text deltas.
 
 `generate()` is a generator of `Delta`s followed by exactly one `GenerationResult`. It only needs
-`model.forward(ids, cache) -> float32 [vocab]`, `model.make_cache()`, `model.config` and
-`model.tokenizer`, so any backend serves.
+`model.forward(ids, cache, cancel, progress) -> float32 [vocab]`, `model.make_cache()`, `model.config`
+and `model.tokenizer`, so any backend serves.
 
 Text passes three stages before it is streamed: the detokenizer (whole UTF-8 characters only), the
 stop-string filter (holds back text that might begin a stop string; a matched stop string is never
@@ -20,11 +20,8 @@ from typing import Any
 import numpy as np
 
 from engine.detok import ANSWER, REASONING, ReasoningSplitter, StreamingDetokenizer
-from engine.errors import ContextLengthError, EngineError, PassCancelled
 from engine.sampling import SamplingParams, make_sampler
-
-# Prefill in the model's own chunks (sized by measurement in engine/model.py); cancellation is noticed
-# between the layers of a chunk (Model.forward's `cancel`), within ~1/28 of a chunk's time.
+from engine.steps import Progress, check_prompt, generate_tokens
 
 
 @dataclass
@@ -90,33 +87,6 @@ class StopStringFilter:
         return "" if self.stopped else held
 
 
-def _check_request(model: Any, prompt_ids: Sequence[int], params: SamplingParams, cache: Any) -> None:
-    if len(prompt_ids) == 0:
-        raise EngineError("cannot generate from an empty prompt: give at least one token")
-    limit = int(model.config.max_position_embeddings)
-    needed = len(prompt_ids) + params.max_tokens
-    if needed > limit:
-        room = limit - len(prompt_ids)
-        advice = f"lower max_tokens to at most {room}" if room > 0 else "shorten the prompt"
-        raise ContextLengthError(
-            f"prompt of {len(prompt_ids)} tokens + max_tokens {params.max_tokens} = {needed} tokens exceeds "
-            f"the model's context of {limit} tokens (max_position_embeddings); {advice}"
-        )
-    ids = np.asarray(prompt_ids, dtype=np.int64)
-    vocab = int(model.config.vocab_size)
-    bad = np.flatnonzero((ids < 0) | (ids >= vocab))
-    if bad.size:
-        first = int(bad[0])
-        raise EngineError(
-            f"prompt token {int(ids[first])} at position {first} is outside the vocabulary (size {vocab})"
-        )
-    if cache is not None and cache.offset > len(prompt_ids):
-        raise EngineError(
-            f"the cache holds {cache.offset} positions but the prompt has only {len(prompt_ids)} tokens; "
-            "a restored cache must hold a prefix of the prompt"
-        )
-
-
 def _prompt_opens_reasoning(tokenizer: Any, prompt_ids: Sequence[int], splitter: ReasoningSplitter) -> bool:
     """True when the prompt ends inside an open <think> block (templates that start the thinking)."""
     tail = tokenizer.decode(list(prompt_ids[-16:]))
@@ -131,6 +101,7 @@ def generate(
     last_logits: np.ndarray | None = None,
     cancel: threading.Event | None = None,
     reasoning: bool = False,
+    on_prefill: Progress | None = None,
 ) -> Iterator[Delta | GenerationResult]:
     """Stream a reply to `prompt_ids`: Deltas, then one GenerationResult.
 
@@ -138,108 +109,89 @@ def generate(
     if it holds the whole prompt, `last_logits` (the logits after its last token) is used, or else the
     last position is trimmed and recomputed. Afterwards the cache holds prompt + generated tokens, all
     but the final sampled one. `cancel` is checked before every decode step and between the layers of
-    a prefill.
+    a prefill; `on_prefill(done, total)` reports the prefill's progress (engine/steps.py).
     """
-    _check_request(model, prompt_ids, params, cache)
+    check_prompt(model, prompt_ids, cache, params.max_tokens)
     t0 = time.perf_counter()
-    cancelled = cancel.is_set if cancel is not None else lambda: False
-    cache = model.make_cache() if cache is None else cache
-    tokenizer = model.tokenizer
-    prompt_tokens = len(prompt_ids)
-
-    # --- prefill ---------------------------------------------------------------------------------
-    start = cache.offset
-    logits = None
-    if start == prompt_tokens and last_logits is not None:
-        logits = np.asarray(last_logits, dtype=np.float32)
-    elif start == prompt_tokens:
-        cache.trim(start - 1)
-        start -= 1
-    prefilled = prompt_tokens - start if logits is None else 0
-    pos = start
-    while logits is None or pos < prompt_tokens:
-        if cancelled():
-            break
-        end = min(pos + model.prefill_chunk, prompt_tokens)
-        try:
-            logits = model.forward(list(prompt_ids[pos:end]), cache, cancel=cancelled)
-        except PassCancelled:  # between two layers of this chunk; the cache holds the chunks before it
-            break
-        pos = end
-    prefill_s = time.perf_counter() - t0
-    if pos < prompt_tokens:  # cancelled during prefill
-        yield _result([], "", "", "cancelled", prompt_tokens, pos - start, 0, prefill_s, prefill_s, 0.0)
-        return
-
-    # --- decode ----------------------------------------------------------------------------------
-    sampler = make_sampler(params, prompt_ids)
-    detok = StreamingDetokenizer(tokenizer)
-    stop_filter = StopStringFilter(params.stop)
-    splitter = ReasoningSplitter() if reasoning else None
-    if splitter is not None:
-        splitter.in_reasoning = _prompt_opens_reasoning(tokenizer, prompt_ids, splitter)
-    eos = tokenizer.eos_token_ids
+    stream = generate_tokens(
+        model,
+        prompt_ids,
+        make_sampler(params, prompt_ids),
+        cache=cache,
+        last_logits=last_logits,
+        cancel=cancel.is_set if cancel is not None else None,
+        on_prefill=on_prefill,
+    )
+    text = _TextStages(model.tokenizer, params.stop, prompt_ids if reasoning else None)
+    eos = model.tokenizer.eos_token_ids
     generated: list[int] = []
-    pending_ids: list[int] = []
-    pieces = {ANSWER: [], REASONING: []}
     ttft = 0.0
     finish = "length"
-
-    def emit(text: str) -> Iterator[Delta]:
-        parts = splitter.feed(text) if splitter is not None else ([(ANSWER, text)] if text else [])
-        for kind, piece in parts:
-            pieces[kind].append(piece)
-            yield Delta(piece, kind, pending_ids[:], time.perf_counter() - t0)
-            pending_ids.clear()
-
-    while True:
-        if cancelled():
-            finish = "cancelled"
-            break
-        token = sampler(logits)
-        generated.append(token)
-        pending_ids.append(token)
+    for step in stream:
+        generated.append(step.token)
+        text.pending_ids.append(step.token)
         if len(generated) == 1:
             ttft = time.perf_counter() - t0
-        if token in eos:
+        if step.token in eos:
             finish = "stop"
             break
-        yield from emit(stop_filter.feed(detok.add(token)))
-        if stop_filter.stopped:
+        yield from text.add(step.token, t0)
+        if text.stop_filter.stopped:
             finish = "stop_string"
             break
         if len(generated) >= params.max_tokens:
-            finish = "length"
             break
-        if cancelled():
-            finish = "cancelled"
-            break
-        logits = model.forward([token], cache)
-
-    # --- drain what the stages still hold ----------------------------------------------------------
-    if not stop_filter.stopped:
-        yield from emit(stop_filter.feed(detok.flush()))
-        yield from emit(stop_filter.flush())
-    if splitter is not None:
-        for kind, piece in splitter.flush():
-            pieces[kind].append(piece)
-            yield Delta(piece, kind, pending_ids[:], time.perf_counter() - t0)
-            pending_ids.clear()
-
+    if stream.cancelled:
+        finish = "cancelled"
+    if generated or not stream.cancelled:
+        yield from text.drain(t0)
     total = time.perf_counter() - t0
-    decode_s = total - ttft if generated else 0.0
     yield _result(
         generated,
-        "".join(pieces[ANSWER]),
-        "".join(pieces[REASONING]),
+        "".join(text.pieces[ANSWER]),
+        "".join(text.pieces[REASONING]),
         finish,
-        prompt_tokens,
-        prefilled,
+        len(prompt_ids),
+        stream.prefilled,
         len(generated),
         ttft if generated else total,
-        prefill_s,
-        decode_s,
+        stream.prefill_s,
+        total - ttft if generated else 0.0,
     )
+
+
+class _TextStages:
+    """Tokens to text deltas: detokenizer -> stop-string filter -> reasoning splitter (if asked)."""
+
+    def __init__(self, tokenizer: Any, stops: Sequence[str], reasoning_prompt: Sequence[int] | None) -> None:
+        self.detok = StreamingDetokenizer(tokenizer)
+        self.stop_filter = StopStringFilter(stops)
+        self.splitter = ReasoningSplitter() if reasoning_prompt is not None else None
+        if self.splitter is not None and reasoning_prompt is not None:
+            self.splitter.in_reasoning = _prompt_opens_reasoning(tokenizer, reasoning_prompt, self.splitter)
+        self.pending_ids: list[int] = []  # sampled since the last delta
+        self.pieces: dict[str, list[str]] = {ANSWER: [], REASONING: []}
+
+    def add(self, token: int, t0: float) -> Iterator[Delta]:
+        return self._emit(self.stop_filter.feed(self.detok.add(token)), t0)
+
+    def _emit(self, text: str, t0: float) -> Iterator[Delta]:
+        parts = self.splitter.feed(text) if self.splitter is not None else ([(ANSWER, text)] if text else [])
+        yield from self._deltas(parts, t0)
+
+    def _deltas(self, parts: Sequence[tuple[str, str]], t0: float) -> Iterator[Delta]:
+        for kind, piece in parts:
+            self.pieces[kind].append(piece)
+            yield Delta(piece, kind, self.pending_ids[:], time.perf_counter() - t0)
+            self.pending_ids.clear()
+
+    def drain(self, t0: float) -> Iterator[Delta]:
+        """What the stages still hold, once generation has ended."""
+        if not self.stop_filter.stopped:
+            yield from self._emit(self.stop_filter.feed(self.detok.flush()), t0)
+            yield from self._emit(self.stop_filter.flush(), t0)
+        if self.splitter is not None:
+            yield from self._deltas(self.splitter.flush(), t0)
 
 
 def _result(

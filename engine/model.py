@@ -79,12 +79,20 @@ class Model:
                 f"limit of {self.context_length} tokens (max_position_embeddings of {self.name})"
             )
 
-    def forward(self, ids: list[int], cache: KVCache, cancel: Callable[[], bool] | None = None) -> np.ndarray:
+    def forward(
+        self,
+        ids: list[int],
+        cache: KVCache,
+        cancel: Callable[[], bool] | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> np.ndarray:
         """Append `ids` to `cache`; return float32 [vocab] logits of the last position.
 
         Long inputs are prefilled in chunks of `prefill_chunk` tokens; only the last chunk's last
         position goes through the output projection. `cancel` is asked between layers; when it says
         yes, PassCancelled is raised with the current chunk taken back out of the cache.
+        `progress(done, len(ids))` is called between layers too (done: the share of tokens whose pass
+        is complete, counting layers), and once at the end with done == len(ids).
         """
         ids = list(ids)
         self._check_room(len(ids), cache)
@@ -93,12 +101,15 @@ class Model:
         for start in range(0, len(ids), self.prefill_chunk):
             chunk = ids[start : start + self.prefill_chunk]
             last = start + self.prefill_chunk >= len(ids)
+            between = _between_layers(cancel, progress, start, len(chunk), len(ids), len(self.network.layers))
             try:
-                out = self.network(chunk, cache, "last" if last else "none", cancel)
+                out = self.network(chunk, cache, "last" if last else "none", between)
             except PassCancelled:
                 cache.trim(cache.offset)  # the layers before the check hold positions the last never got
                 raise
             self.ops.eval(*([out] if last else []), *cache.keys, *cache.values)
+        if progress is not None:
+            progress(len(ids), len(ids))
         return self.ops.to_numpy(out)[0]
 
     def logits(self, ids: list[int]) -> np.ndarray:
@@ -111,3 +122,25 @@ class Model:
             out: Any = self.network(ids[start : start + self.prefill_chunk], cache, "all")
             rows.append(self.ops.to_numpy(out))
         return np.concatenate(rows)
+
+
+def _between_layers(
+    cancel: Callable[[], bool] | None,
+    progress: Callable[[int, int], None] | None,
+    start: int,
+    chunk: int,
+    total: int,
+    layers: int,
+) -> Callable[[], bool] | None:
+    """The network's hook before each layer after the first: reports progress, then asks `cancel`."""
+    if progress is None:
+        return cancel
+    done_layers = 0
+
+    def hook() -> bool:
+        nonlocal done_layers
+        done_layers += 1
+        progress(start + chunk * done_layers // layers, total)
+        return cancel() if cancel is not None else False
+
+    return hook

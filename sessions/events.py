@@ -1,28 +1,51 @@
-"""What a turn reports, in order: session, retrieval, delta..., cache, result.
+"""What a turn reports, in order: queued, model_loading, session, retrieval, cache, prefill...,
+delta..., result.
 
-Each event has `type` and `session_id`, and `to_dict()` is its headless `stream-json` line. The final
-`Result.to_dict()` is also the headless `--output-format json` object.
+Each event has `type` and `session_id` (None while the session does not exist yet), and `to_dict()` is
+its headless `stream-json` line. The final `Result.to_dict()` is also the headless `--output-format json`
+object. This module imports only the standard library: a UI imports it without loading redis or numpy.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
+
+FinishReason = Literal["stop", "length", "stop_string", "cancelled", "error"]
+DeltaKind = Literal["answer", "reasoning"]
 
 
 @dataclass
 class Event:
     type: ClassVar[str] = "event"
-    session_id: str
+    session_id: str | None
 
     def to_dict(self) -> dict[str, Any]:
         return {"type": self.type, **dataclasses.asdict(self)}
 
 
 @dataclass
+class Queued(Event):
+    """The turn waits on the engine thread behind `position` other turns (0: it runs next)."""
+
+    type: ClassVar[str] = "queued"
+    position: int = 0
+
+
+@dataclass
+class ModelLoading(Event):
+    """The model is being loaded (`done` False), then loaded (`done` True). `bytes`: its weight files."""
+
+    type: ClassVar[str] = "model_loading"
+    name: str = ""
+    bytes: int = 0
+    done: bool = False
+
+
+@dataclass
 class SessionStarted(Event):
-    """First event of every turn: which session, model and backend it runs on."""
+    """The session exists from here on: which session, model and backend the turn runs on."""
 
     type: ClassVar[str] = "session"
     model: str = ""
@@ -56,10 +79,24 @@ class Retrieval(Event):
 
 
 @dataclass
-class Delta(Event):
+class Prefill(Event):
+    """Prompt tokens computed so far (`done`) of the `total` the cache lacked; the last has done == total."""
+
+    type: ClassVar[str] = "prefill"
+    done: int = 0
+    total: int = 0
+
+
+@dataclass
+class TextDelta(Event):
+    """A piece of the reply (or of its reasoning, with thinking on)."""
+
     type: ClassVar[str] = "delta"
     text: str = ""
-    kind: str = "answer"  # "answer" | "reasoning"
+    kind: DeltaKind = "answer"
+
+
+Delta = TextDelta  # the name before issue 15; engine.Delta is another class (token-level)
 
 
 @dataclass
@@ -74,6 +111,8 @@ class CacheStats(Event):
     bytes_read: int = 0
     restore_s: float = 0.0
     enabled: bool = True  # False with --no-cache or when the block store cannot be opened
+    dropped_messages: int = 0  # oldest messages left out of the prompt so that it fits the context
+    dropped_tokens: int = 0  # the prompt tokens they would have taken
 
 
 @dataclass
@@ -85,7 +124,7 @@ class Result(Event):
     reasoning: str = ""
     model: str = ""
     backend: str = ""
-    finish_reason: str = ""  # stop | length | stop_string | cancelled | error
+    finish_reason: FinishReason | Literal[""] = ""
     tokens: dict[str, int] = field(default_factory=dict)  # prompt, cached, prefilled, generated
     timings: dict[str, float] = field(default_factory=dict)  # ttft_s, prefill_tok_s, decode_tok_s, ...
     cache_by_tier: dict[str, int] = field(default_factory=dict)
@@ -93,7 +132,7 @@ class Result(Event):
     message: int | None = None  # 1-based number of the reply in the session (None: not recorded)
     is_error: bool = False
     error: str | None = None
-    exit_code: int = 0  # what a CLI should exit with: 0, 1, 2, 3 or 130 (cancelled)
+    exit_code: int = 0  # the kind of failure as the headless CLI's exit code: 0, 1, 2, 3 (130: cancelled)
 
 
-TurnEvent = SessionStarted | Retrieval | Delta | CacheStats | Result
+TurnEvent = Queued | ModelLoading | SessionStarted | Retrieval | CacheStats | Prefill | TextDelta | Result

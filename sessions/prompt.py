@@ -18,6 +18,8 @@ from sessions.model import Message
 # Private-use characters: never produced by a tokenizer from ordinary text, so a safe split marker.
 _MARK_OPEN, _MARK_CLOSE = "\ue000", "\ue001"
 CONTEXT_INTRO = "Relevant code from the repository:\n"
+# Replies whose history the next prompt may extend: ended by end-of-turn, or cut (closed by the template).
+CONTINUABLE = ("stop", "length", "cancelled")
 CONTEXT_OUTRO = "\n"
 
 
@@ -121,15 +123,18 @@ def _continuation(
     Templates may re-render a past reply differently from how it was generated (Qwen3 drops the empty
     think block of its generation prompt; BPE may split the reply's text differently from the sampled
     tokens), which would throw away the previous reply's KV blocks every turn. Extending the history
-    keeps them. Only taken when it is provably the same conversation: the previous reply ended with
-    its end-of-turn token and has no reasoning, the canonical rendering agrees with the history up to
+    keeps them. A reply cut short (max_tokens, a cancel) is closed the same way: its history holds every
+    token it produced (sessions/recording.py feeds the last one), and the template's end-of-turn text
+    follows, so the next turn extends what the model saw instead of re-rendering it. Only taken when it
+    is provably the same conversation: the previous reply ended with its end-of-turn token or was cut
+    (and has text), has no reasoning, the canonical rendering agrees with the history up to
     that reply, and the text that follows starts at an end-of-turn token (a clean token boundary) and
     holds the new user message. Anything else falls back to the canonical rendering.
     """
     if len(messages) < 2:
         return None
     previous, new = messages[-2], messages[-1]
-    if previous.role != "assistant" or previous.status != "complete" or previous.finish_reason != "stop":
+    if previous.role != "assistant" or previous.finish_reason not in CONTINUABLE:
         return None
     if previous.reasoning or not previous.content or new.role != "user":
         return None

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import threading
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +33,31 @@ class Retriever:
     def __init__(self) -> None:
         self._indexes: dict[str, Any] = {}
         self._tokenized: set[tuple[str, str]] = set()  # (repo, tokenizer identity) made into blobs
+        self._busy = threading.Lock()  # one retrieval at a time, also one a cancelled turn left running
+
+    def retrieve_cancellable(
+        self, repo: str, query: str, tokenizer: Any, k: int, budget: int, cancel: threading.Event
+    ) -> Retrieved | None:
+        """`retrieve` on a thread of its own; None as soon as `cancel` is set. Refreshing the index can
+        wait minutes for another process's writer lease: a cancelled turn does not wait with it (the
+        retrieval finishes in the background and its result is dropped)."""
+        done: Future[Retrieved] = Future()
+
+        def work() -> None:
+            with self._busy:
+                if cancel.is_set():
+                    done.cancel()
+                    return
+                try:
+                    done.set_result(self.retrieve(repo, query, tokenizer, k, budget))
+                except BaseException as exc:
+                    done.set_exception(exc)
+
+        threading.Thread(target=work, name="wb-retrieve", daemon=True).start()
+        while not done.done():
+            if cancel.wait(0.05):
+                return None
+        return None if done.cancelled() else done.result()
 
     def _index(self, repo: str) -> Any:
         if repo not in self._indexes:

@@ -1,9 +1,13 @@
-"""One turn, run on the engine thread: assemble, restore, generate, stream, record, save.
+"""One turn, run on the engine thread, as phases over one TurnState:
 
-Nothing is written before the model is loaded and the prompt fits: a bad model or an oversized
-prompt leaves the store untouched. Then the user message is recorded (fsync) before generation,
-partial text is appended every `partial_interval_s` while generating (so kill -9 leaves an
-interrupted reply), and the reply is recorded when generation ends, cancelled or not.
+    load -> prepare (settings, retrieval, prompt) -> record_start -> restore -> stream -> finish
+
+Nothing is written before the model is loaded and the prompt fits: a bad model, an oversized prompt
+or a cancel before `record_start` leaves the store untouched (and a new session uncreated). Then the
+user message is recorded (fsync) before generation, partial text is appended every
+`partial_interval_s` while generating (so kill -9 leaves an interrupted reply), and the reply is
+recorded when generation ends, cancelled or not. A tool loop would run `stream` again between
+`stream` and `finish`, with the tool results appended to the prompt.
 """
 
 from __future__ import annotations
@@ -11,33 +15,76 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from sessions.events import CacheStats, Delta, Result, Retrieval, RetrievedChunk, SessionStarted
-from sessions.model import Message, Session, title_from_prompt
+from sessions.events import (
+    CacheStats,
+    ModelLoading,
+    Prefill,
+    Result,
+    Retrieval,
+    RetrievedChunk,
+    SessionStarted,
+)
+from sessions.events import TextDelta as Delta
+from sessions.fitting import Fitted, PromptTooLong, fit_prompt, retrieval_budget
+from sessions.model import Message, Session, Settings
 from sessions.options import TurnOptions, model_name
-from sessions.prompt import build_prompt
+from sessions.recording import finish_turn, record_start
 from sessions.retrieval import Retrieved, Retriever
 from sessions.store import SessionStore
 from sessions.turn import Turn
 
 log = logging.getLogger("workbench.sessions")
 
+PREFILL_EVENT_S = 0.1  # prefill progress events at most this often (plus the last one)
+
 
 @dataclass
 class TurnJob:
     turn: Turn
-    session: Session | None  # a new session, not yet stored; None: load turn.session_id when the job runs
+    session: Session  # a new session (not yet stored) or the resumed one's id only; loaded at `load`
     is_new: bool
     prompt: str
     options: TurnOptions
     store: SessionStore
-    load_model: Callable[[str, str | None], Any]
+    load_model: Callable[..., Any]  # (name, backend, cancel) -> model, or None when cancelled first
+    is_loaded: Callable[[str, str | None], bool]
     blocks: Callable[[], Any]  # the BlockStore, or None when it cannot be opened
     retriever: Retriever
     lease: Callable[[str], None]  # takes the session's lease (a new session's, once it is stored)
     partial_interval_s: float = 0.5
+
+
+@dataclass
+class TurnState:
+    """What the phases hand on to each other."""
+
+    job: TurnJob
+    model: Any = None
+    name: str = ""
+    settings: Settings | None = None
+    user: Message | None = None
+    retrieved: Retrieved = field(default_factory=Retrieved)
+    fitted: Fitted | None = None
+    rag_budget: int = 0  # retrieved tokens allowed: the session's budget or the room the context leaves
+    kv_reuse: bool = True
+    reply_index: int = 0
+    cache: Any = None
+    blocks: Any = None
+    restored: Any = None
+    gen: Any = None  # the engine's GenerationResult
+    streamed: dict[str, str] = field(default_factory=lambda: {"answer": "", "reasoning": ""})
+    error: str | None = None
+
+    @property
+    def session(self) -> Session:
+        return self.job.session
+
+    @property
+    def cancelled(self) -> bool:
+        return self.job.turn.cancelled
 
 
 class TurnFailed(Exception):
@@ -48,25 +95,49 @@ class TurnFailed(Exception):
 
 def run_turn(job: TurnJob) -> None:
     """Run `job` and always end its Turn with one Result."""
+    state = TurnState(job)
     try:
-        if job.session is None:
-            # Loaded here, not when the turn was queued: a turn queued behind another sees its reply.
-            job.session = job.store.load(job.turn.session_id)
-        result = _run(job)
+        result = _phases(state)
     except TurnFailed as exc:
-        result = _error(job, str(exc), exc.exit_code)
+        result = _error(state, str(exc), exc.exit_code)
     except Exception as exc:
-        log.exception("turn of session %s failed", job.turn.session_id)
-        result = _error(job, f"{type(exc).__name__}: {exc}", getattr(exc, "exit_code", 1))
+        log.exception("turn of session %s failed", job.session.id)
+        result = _error(state, f"{type(exc).__name__}: {exc}", getattr(exc, "exit_code", 1))
     job.turn.emit(result)
 
 
-def _error(job: TurnJob, message: str, exit_code: int) -> Result:
-    s = job.session
+def _phases(state: TurnState) -> Result:
+    job = state.job
+    if not job.is_new:
+        # Loaded here, not when the turn was queued: a turn queued behind another sees its reply.
+        job.session = job.store.load(job.session.id)
+    for phase in (load, prepare):
+        phase(state)
+        if state.cancelled:
+            return _cancelled(state)
+    record_start(state)
+    restore(state)
+    stream(state)
+    return finish_turn(state)
+
+
+def _cancelled(state: TurnState) -> Result:
+    """A turn cancelled before anything was recorded."""
     return Result(
-        job.turn.session_id,
-        model=s.model if s else "",
-        backend=(s.backend or "") if s else "",
+        state.job.turn.session_id,
+        model=state.name,
+        backend=state.model.backend if state.model is not None else "",
+        finish_reason="cancelled",
+        exit_code=130,
+    )
+
+
+def _error(state: TurnState, message: str, exit_code: int) -> Result:
+    s = state.job.session
+    return Result(
+        state.job.turn.session_id,
+        model=s.model,
+        backend=s.backend or "",
         finish_reason="error",
         is_error=True,
         error=message,
@@ -74,14 +145,24 @@ def _error(job: TurnJob, message: str, exit_code: int) -> Result:
     )
 
 
-def _load(job: TurnJob) -> tuple[Any, str]:
-    """The model and the name the session records for it (a directory's absolute path)."""
+# -- phases --------------------------------------------------------------------------------------------
+
+
+def load(state: TurnState) -> None:
+    """The model (reporting the load when it is not loaded yet), and the name the session records."""
     from engine.errors import EngineError, ModelNotFoundError
 
-    s = job.session
+    job, s = state.job, state.job.session
     name = model_name(job.options.model) if job.options.model else s.model
+    state.name = name
+    backend = job.options.backend
+    sid = job.turn.session_id
+    size = None if job.is_loaded(name, backend) else _weights_bytes(name)
+    loading = size is not None  # (None also when the model is not there: the load says what is wrong)
+    if loading:
+        job.turn.emit(ModelLoading(sid, name=name, bytes=size or 0, done=False))
     try:
-        return job.load_model(name, job.options.backend), name
+        state.model = job.load_model(name, backend, job.turn.cancel_event)
     except (EngineError, OSError) as exc:
         code = 3 if isinstance(exc, ModelNotFoundError | FileNotFoundError) else 1
         if job.is_new or job.options.model:
@@ -92,121 +173,118 @@ def _load(job: TurnJob) -> tuple[Any, str]:
             "(`--model NAME`)",
             code,
         ) from None
+    if loading and state.model is not None:
+        job.turn.emit(ModelLoading(sid, name=name, bytes=size or 0, done=True))
 
 
-def _run(job: TurnJob) -> Result:
-    import engine
+def _weights_bytes(name: str) -> int | None:
+    from engine.errors import EngineError
+    from engine.loader import resolve_path
 
-    s, turn, opts = job.session, job.turn, job.options
-    model, name = _load(job)
-    if turn.cancelled:
-        return Result(s.id, model=name, backend=model.backend, finish_reason="cancelled", exit_code=130)
-    settings = opts.apply(s.settings)
+    try:
+        return sum(p.stat().st_size for p in resolve_path(name).glob("*.safetensors"))
+    except (EngineError, OSError):
+        return None
+
+
+def prepare(state: TurnState) -> None:
+    """Settings, retrieved code sized to the room left, and the prompt that fits the context."""
+    job, s, model = state.job, state.job.session, state.model
+    settings = state.settings = job.options.apply(s.settings)
     tok = model.tokenizer
-    user = Message(role="user", content=job.prompt)
-    retrieved = Retrieved(skipped="RAG is off for this session")
-    if settings.rag:
-        retrieved = job.retriever.retrieve(s.repo, job.prompt, tok, settings.rag_k, settings.rag_budget)
-        user.context = retrieved.chunks
-
-    def chunk_ids(chunk: dict[str, Any]) -> list[int]:
-        return retrieved.chunk_ids(chunk) or tok.encode(chunk["text"])
-
+    state.user = user = Message(role="user", content=job.prompt)
     # The history is only meaningful to the model (and tokenizer) that produced it.
     history = s.history if s.history_fingerprint == model.fingerprint else None
-    prompt_ids = build_prompt(
-        tok, settings.system_prompt, [*s.messages, user], settings.thinking, chunk_ids, history
-    ).token_ids
-    room = model.context_length - len(prompt_ids)
-    if room < 1:
-        raise TurnFailed(
-            f"the prompt of session {s.id} is {len(prompt_ids)} tokens, more than the context of "
-            f"{model.context_length} tokens of {name}; fork the session at an earlier message",
-            1,
-        )
-    max_tokens = min(settings.sampling.max_tokens, room)
+    max_tokens = settings.sampling.max_tokens
 
-    # -- from here on, the turn is recorded ------------------------------------------------------
-    same_blocks = s.history_fingerprint in ("", model.fingerprint)
-    if job.is_new:
-        s.model, s.fingerprint, s.backend, s.settings = name, model.fingerprint, model.backend, settings
-        job.lease(s.id)
-        job.store.create(s)
-    else:
-        changes: dict[str, Any] = {}
-        if settings != s.settings:
-            changes["settings"] = settings
-        for key, value in (
-            ("model", name),
-            ("fingerprint", model.fingerprint),
-            ("backend", model.backend),
-        ):
-            if getattr(s, key) != value:
-                changes[key] = value
-        if not same_blocks:
-            changes["history_reset"] = True
-        if not s.title:
-            changes["title"] = title_from_prompt(job.prompt)
-        if changes:
-            job.store.update_meta(s, **changes)
-    kv_reuse = same_blocks and not opts.no_cache
-    turn.emit(
-        SessionStarted(
-            s.id,
-            model=name,
-            backend=model.backend,
-            title=s.title,
-            repo=s.repo,
-            created=job.is_new,
-            messages=len(s.messages),
-            kv_reuse=kv_reuse,
+    def fit(chunk_ids: Callable[[dict[str, Any]], list[int]]) -> Fitted:
+        try:
+            return fit_prompt(tok, settings.system_prompt, [*s.messages, user], settings.thinking, chunk_ids,
+                              history, model.context_length, max_tokens, state.name)  # fmt: skip
+        except PromptTooLong as exc:
+            raise TurnFailed(f"session {s.id}: {exc}", 1) from None
+
+    state.fitted = fit(lambda c: tok.encode(c["text"]))
+    if settings.rag:
+        state.rag_budget = retrieval_budget(
+            model.context_length, len(state.fitted.token_ids), max_tokens, settings.rag_budget
         )
-    )
+        retrieved = job.retriever.retrieve_cancellable(
+            s.repo, job.prompt, tok, settings.rag_k, state.rag_budget, job.turn.cancel_event
+        )
+        if retrieved is None:
+            return  # cancelled while waiting for the index
+        state.retrieved, user.context = retrieved, retrieved.chunks
+        if retrieved.chunks:
+            state.fitted = fit(lambda c: retrieved.chunk_ids(c) or tok.encode(c["text"]))
+    else:
+        state.retrieved = Retrieved(skipped="RAG is off for this session")
+
+
+def retrieval_event(state: TurnState) -> Retrieval:
+    r = state.retrieved
     chunks = [
         RetrievedChunk(c["path"], c["start_line"], c["end_line"], c["symbol"], c["score"], c["tokens"])
-        for c in retrieved.chunks
+        for c in r.chunks
     ]
-    turn.emit(
-        Retrieval(
-            s.id,
-            chunks=chunks,
-            tokens=retrieved.tokens,
-            budget=settings.rag_budget if settings.rag else 0,
-            skipped=retrieved.skipped,
-        )
+    return Retrieval(
+        state.session.id, chunks=chunks, tokens=r.tokens, budget=state.rag_budget, skipped=r.skipped
     )
-    job.store.seal_open_reply(s)
-    job.store.append_message(s, user)
-    reply_index = len(s.messages)
 
-    cache = model.make_cache()
-    blocks = None if opts.no_cache else job.blocks()  # --no-cache: no block read or written
+
+def session_event(state: TurnState) -> SessionStarted:
+    s = state.session
+    return SessionStarted(
+        s.id,
+        model=state.name,
+        backend=state.model.backend,
+        title=s.title,
+        repo=s.repo,
+        created=state.job.is_new,
+        messages=len(s.messages),  # messages before this turn
+        kv_reuse=state.kv_reuse,
+    )
+
+
+def restore(state: TurnState) -> None:
+    """Restore what the block store holds of the prompt into a fresh cache; report it."""
     from engine.blocks import RestoreResult
 
-    restored = RestoreResult()
-    if blocks is not None:
+    s, prompt_ids = state.session, state.fitted.token_ids
+    state.cache = state.model.make_cache()
+    state.blocks = None if state.job.options.no_cache else state.job.blocks()  # --no-cache: no block I/O
+    state.restored = RestoreResult()
+    if state.blocks is not None:
         # Even after a model switch: blocks are addressed by model identity, so whatever is found (a
         # system prompt another session shares) is exact for this model.
         # The previous turn's blocks may still be in the background writer's queue (turns back to back,
         # as in scripts): wait for them, or this turn would recompute what the last one just computed.
-        blocks.flush()
+        state.blocks.flush()
         h = s.history
         history_len = len(h) if h and prompt_ids[: len(h)] == h else None
-        restored = blocks.restore(model, cache, prompt_ids, history_len)
-    turn.emit(
+        state.restored = state.blocks.restore(state.model, state.cache, prompt_ids, history_len)
+    r = state.restored
+    state.job.turn.emit(
         CacheStats(
             s.id,
             prompt_tokens=len(prompt_ids),
-            cached_tokens=restored.cached_tokens,
-            by_tier=dict(restored.by_tier),
-            prefill_tokens=len(prompt_ids) - restored.cached_tokens,
-            bytes_read=restored.bytes_read,
-            restore_s=restored.restore_s,
-            enabled=blocks is not None,
+            cached_tokens=r.cached_tokens,
+            by_tier=dict(r.by_tier),
+            prefill_tokens=len(prompt_ids) - r.cached_tokens,
+            bytes_read=r.bytes_read,
+            restore_s=r.restore_s,
+            enabled=state.blocks is not None,
+            dropped_messages=state.fitted.dropped_messages,
+            dropped_tokens=state.fitted.dropped_tokens,
         )
     )
 
-    sp = settings.sampling
+
+def stream(state: TurnState) -> None:
+    """Generate, streaming prefill progress and deltas; partial text goes to the log as it comes."""
+    import engine
+
+    job, s, sp = state.job, state.session, state.settings.sampling
     params = engine.SamplingParams(
         temperature=sp.temperature,
         top_k=sp.top_k,
@@ -214,100 +292,50 @@ def _run(job: TurnJob) -> Result:
         min_p=sp.min_p,
         repetition_penalty=sp.repetition_penalty,
         seed=sp.seed,
-        max_tokens=max_tokens,
+        max_tokens=state.fitted.max_tokens,
     )
     pending = {"answer": "", "reasoning": ""}
-    streamed = {"answer": "", "reasoning": ""}
     last_flush = time.monotonic()
-    gen_result = None
-    error: str | None = None
     try:
         for ev in engine.generate(
-            model,
-            prompt_ids,
+            state.model,
+            state.fitted.token_ids,
             params,
-            cache=cache,
-            last_logits=restored.last_logits,
-            cancel=turn.cancel_event,
-            reasoning=settings.thinking,
+            cache=state.cache,
+            last_logits=state.restored.last_logits,
+            cancel=job.turn.cancel_event,
+            reasoning=state.settings.thinking,
+            on_prefill=_prefill_reporter(job.turn, s.id),
         ):
             if isinstance(ev, engine.GenerationResult):
-                gen_result = ev
+                state.gen = ev
                 continue
             if not ev.text:
                 continue
             kind = "reasoning" if ev.kind == "reasoning" else "answer"
             pending[kind] += ev.text
-            streamed[kind] += ev.text
-            turn.emit(Delta(s.id, text=ev.text, kind=kind))
+            state.streamed[kind] += ev.text
+            job.turn.emit(Delta(s.id, text=ev.text, kind=kind))
             if time.monotonic() - last_flush >= job.partial_interval_s:
-                job.store.append_partial(s, reply_index, pending["answer"], pending["reasoning"], time.time())
+                job.store.append_partial(
+                    s, state.reply_index, pending["answer"], pending["reasoning"], time.time()
+                )
                 pending = {"answer": "", "reasoning": ""}
                 last_flush = time.monotonic()
     except Exception as exc:  # the engine failed mid-turn: keep what was generated, as interrupted
         log.exception("generation failed in session %s", s.id)
-        error = f"{type(exc).__name__}: {exc}"
-
-    finish = gen_result.finish_reason if gen_result is not None else "error"
-    generated = gen_result.token_ids if gen_result is not None else []
-    # After an engine failure the cache may be half-updated: keep the session's previous history and
-    # save no block from it.
-    history = (prompt_ids + generated)[: cache.offset] if error is None else None
-    tokens = {
-        "prompt": len(prompt_ids),
-        "cached": restored.cached_tokens,
-        "prefilled": gen_result.prefilled_tokens if gen_result else 0,
-        "generated": len(generated),
-    }
-    timings = _timings(gen_result, restored.restore_s)
-    reply = Message(
-        role="assistant",
-        content=gen_result.text if gen_result else streamed["answer"],
-        reasoning=gen_result.reasoning if gen_result else streamed["reasoning"],
-        status="complete" if finish not in ("cancelled", "error") else "interrupted",
-        model=name,
-        finish_reason=finish,
-        timings=timings,
-        cache={**tokens, "by_tier": dict(restored.by_tier), "bytes_read": restored.bytes_read},
-        error=error,
-    )
-    if blocks is not None and history:  # (None after a failure, empty if nothing was computed)
-        try:
-            blocks.save(model, cache, history)
-            blocks.pin(s.id, model, history)
-        except Exception as exc:  # the reply is worth more than its cache: record it regardless
-            log.warning("session %s: KV blocks not saved (%s)", s.id, exc)
-    job.store.append_message(s, reply, history=history, fingerprint=model.fingerprint, dtype=model.kv_dtype)
-    return Result(
-        s.id,
-        text=reply.content,
-        reasoning=reply.reasoning,
-        model=name,
-        backend=model.backend,
-        finish_reason=finish,
-        tokens=tokens,
-        timings=timings,
-        cache_by_tier=dict(restored.by_tier),
-        retrieved=[
-            {k: c[k] for k in ("path", "start_line", "end_line", "symbol", "score")} for c in retrieved.chunks
-        ],
-        message=reply_index + 1,
-        is_error=error is not None,
-        error=error,
-        exit_code=130 if finish == "cancelled" else (1 if error else 0),
-    )
+        state.error = f"{type(exc).__name__}: {exc}"
 
 
-def _timings(gen: Any, restore_s: float) -> dict[str, float]:
-    """Seconds and rates; ttft_s counts from the start of the KV restore to the first token."""
-    if gen is None:
-        return {"restore_s": round(restore_s, 6)}
-    values = {
-        "ttft_s": restore_s + gen.ttft_s,
-        "restore_s": restore_s,
-        "prefill_s": gen.prefill_s,
-        "prefill_tok_s": gen.prefill_tok_s,
-        "decode_s": gen.decode_s,
-        "decode_tok_s": gen.decode_tok_s,
-    }
-    return {k: round(float(v), 6) for k, v in values.items()}
+def _prefill_reporter(turn: Turn, session_id: str) -> Callable[[int, int], None]:
+    """Prefill events, strictly increasing and at most every PREFILL_EVENT_S, always the last one."""
+    last = {"done": 0, "t": 0.0}
+
+    def report(done: int, total: int) -> None:
+        now = time.monotonic()
+        if done <= last["done"] or (done < total and now - last["t"] < PREFILL_EVENT_S):
+            return
+        last["done"], last["t"] = done, now
+        turn.emit(Prefill(session_id, done=done, total=total))
+
+    return report

@@ -6,18 +6,23 @@
         print(event.to_dict())
     svc.close()
 
-Turns run on one engine thread (models are loaded there once per (name, backend) and kept);
-start_turn returns at once. The service holds a lease on every session it runs a turn in (or
+Nothing here blocks an event loop: the constructor and start_turn return at once, and whatever is
+slow (connecting or starting Redis, rebuilding the store from disk, resolving an id, importing the
+engine) runs on the service's worker thread; pinning KV blocks after fork/delete (opening the block
+store, hashing weights) runs on a second one. Turns run on one engine thread (models are loaded once
+per (name, backend) and kept). The service holds a lease on every session it runs a turn in (or
 opened with `open`) until `close_session` or `close`, so a second process is refused cleanly.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
+from collections.abc import Callable
 from types import SimpleNamespace
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import redis
 
@@ -25,6 +30,7 @@ from core.errors import NotFound, UsageError
 from core.lease import LEASE_MS, LeaseKeeper
 from sessions import export as exporting
 from sessions.engine_thread import EngineThread
+from sessions.events import Result
 from sessions.ids import new_id
 from sessions.log import history_delta, message_record
 from sessions.model import Session, SessionInfo, Settings, title_from_prompt
@@ -33,8 +39,13 @@ from sessions.retrieval import Retriever
 from sessions.runner import TurnJob, run_turn
 from sessions.store import SearchHit, SessionStore
 from sessions.turn import Turn
+from sessions.turn_queue import TurnQueue, cancelled
+from sessions.workers import Workers
 
 log = logging.getLogger("workbench.sessions")
+
+T = TypeVar("T")
+READY_POLL_S = 0.05  # how often a turn waiting for start-up notices a cancel
 
 
 class SessionService:
@@ -47,13 +58,6 @@ class SessionService:
         partial_interval_s: float = 0.5,
         lease_ms: int = LEASE_MS,
     ) -> None:
-        if redis_client is None:
-            from core import redis_server
-
-            redis_client = redis_server.connect()
-        self.r = redis_client
-        self.store = SessionStore(self.r)
-        self.leases = LeaseKeeper(self.r, lease_ms)
         self.partial_interval_s = partial_interval_s
         loader = load_model or (lambda name, backend: _engine_load(name, backend))
         self._engine = EngineThread(loader)
@@ -62,54 +66,132 @@ class SessionService:
         self._owns_blocks = False
         self._blocks_lock = threading.Lock()
         self._retriever = Retriever()
+        self._queue = TurnQueue(self._engine)
+        self._r: redis.Redis | None = None
+        self._store: SessionStore | None = None
+        self._leases: LeaseKeeper | None = None
+        self._workers = Workers(lambda: self._start(redis_client, lease_ms))
+        self._started = self._workers.started
+
+    def _start(self, redis_client: redis.Redis | None, lease_ms: int) -> None:
+        if redis_client is None:
+            from core import redis_server
+
+            redis_client = redis_server.connect()  # may start the embedded server: seconds
+        self._r = redis_client
+        self._store = SessionStore(redis_client)  # rebuilds from disk what Redis lacks
+        self._leases = LeaseKeeper(redis_client, lease_ms)
+
+    # -- start-up ----------------------------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        """Start-up has finished (successfully or not: wait_ready() raises its error)."""
+        return self._started.done()
+
+    def wait_ready(self, timeout: float | None = None) -> None:
+        """Block until Redis is connected and the store rebuilt; re-raises a start-up failure."""
+        self._started.result(timeout)
+
+    async def ready_async(self) -> None:
+        await asyncio.wrap_future(self._started)
+
+    async def call_async(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a blocking call of this service (list, search, show, ...) on its worker: for an event loop."""
+        return await self._workers.call_async(fn, *args, **kwargs)
+
+    @property
+    def r(self) -> redis.Redis:
+        self.wait_ready()
+        assert self._r is not None
+        return self._r
+
+    @property
+    def store(self) -> SessionStore:
+        self.wait_ready()
+        assert self._store is not None
+        return self._store
+
+    @property
+    def leases(self) -> LeaseKeeper:
+        self.wait_ready()
+        assert self._leases is not None
+        return self._leases
 
     # -- turns -------------------------------------------------------------------------------------
 
     def start_turn(self, session_id: str | None, prompt: str, options: TurnOptions | None = None) -> Turn:
-        """Queue a turn and return its handle at once.
+        """Queue a turn and return its handle at once (no Redis, disk or engine work on this thread).
 
         `session_id` (an id or unique prefix) resumes that session; None starts a new one from
-        `options` (model, repo, title, settings), stored only once its model has loaded. Raises
-        UsageError (empty prompt, bad option), NotFound / AmbiguousId, or SessionBusy right away;
-        anything later (a model that does not load, an engine failure) ends the turn with a Result
-        whose `is_error` is true.
+        `options` (model, repo, title, settings), stored only once its model has loaded and the prompt
+        fits. Raises only UsageError (empty prompt, bad option value). Anything later (an unknown or
+        ambiguous id, a session in use elsewhere, a model that does not load) ends the turn with a
+        Result whose `is_error` is true and whose `exit_code` says what kind of failure it was.
         """
         options = options or TurnOptions()
         if not prompt.strip():
             raise UsageError("empty prompt: give the assistant something to answer")
         options.apply(Settings())  # validates the values before anything runs
-        if session_id is not None:
-            sid = self.store.resolve(session_id)
-            session: Session | None = None
-        else:
-            sid = new_id()
-            now = time.time()
-            session = Session(
-                id=sid,
-                title=options.title or title_from_prompt(prompt),
-                created=now,
-                updated=now,
-                repo=repo_root(options.repo),
-                model=model_name(options.model or _default_model()),
-            )
-        if session is None:
-            self.leases.acquire(sid)  # a new session takes its lease when it is stored
-        turn = Turn(sid)
+        turn = Turn()
+        self._queue.add(turn)
+        self._workers.submit(self._admit, turn, session_id, prompt, options)
+        return turn
+
+    def _admit(self, turn: Turn, session_ref: str | None, prompt: str, options: TurnOptions) -> None:
+        """On the worker: resolve the session, take its lease, then queue the turn on the engine thread."""
+        try:
+            while not self._started.done():
+                if turn.cancel_event.wait(READY_POLL_S):
+                    break
+            if turn.cancelled:
+                return self._queue.end(turn, cancelled(turn))
+            self.wait_ready()
+            session, is_new = self._session_for(turn, session_ref, prompt, options)
+        except Exception as exc:
+            code = getattr(exc, "exit_code", 1)
+            message = str(exc) if hasattr(exc, "exit_code") else f"{type(exc).__name__}: {exc}"
+            failed = Result(turn.session_id, finish_reason="error", is_error=True, error=message)
+            failed.exit_code = code
+            return self._queue.end(turn, failed)
         job = TurnJob(
             turn=turn,
             session=session,
-            is_new=session is not None,
+            is_new=is_new,
             prompt=prompt,
             options=options,
             store=self.store,
             load_model=self._engine.model,
+            is_loaded=self._engine.loaded,
             blocks=self.blocks,
             retriever=self._retriever,
             lease=self.leases.acquire,
             partial_interval_s=self.partial_interval_s,
         )
-        self._engine.submit(lambda: run_turn(job))
-        return turn
+        self._queue.enqueue(turn, lambda: run_turn(job))
+
+    def _session_for(
+        self, turn: Turn, session_ref: str | None, prompt: str, options: TurnOptions
+    ) -> tuple[Session, bool]:
+        if session_ref is not None:
+            sid = self.store.resolve(session_ref)
+            turn.session_id = sid
+            self.leases.acquire(sid)  # a new session takes its lease when it is stored
+            return Session(id=sid, title="", created=0.0, updated=0.0, repo="", model=""), False
+        now = time.time()
+        session = Session(
+            id=new_id(),
+            title=options.title or title_from_prompt(prompt),
+            created=now,
+            updated=now,
+            repo=repo_root(options.repo),
+            model=model_name(options.model or _default_model()),
+        )
+        return session, True
+
+    def turns(self) -> list[Turn]:
+        """Turns queued or running."""
+        return self._queue.live()
 
     def blocks(self) -> Any:
         """The KV block store (memory, disk, Redis), opened on first use; None if it cannot be."""
@@ -210,7 +292,7 @@ class SessionService:
         child.messages, child.message_count = snap.messages, len(snap.messages)
         child.history, child.history_fingerprint = snap.history, snap.history_fingerprint
         child.history_dtype = snap.history_dtype
-        self._pin_fork(child)
+        self._workers.in_background(self._pin_fork, child)  # opens the block store, hashes weights: seconds
         return child
 
     def _pin_fork(self, child: Session) -> None:
@@ -244,12 +326,19 @@ class SessionService:
         self.leases.acquire(session_id)  # refuses while another process uses it
         try:
             self.store.delete(session_id)
-            blocks = self.blocks()
-            if blocks is not None:
-                blocks.unpin(session_id)
         finally:
             self.leases.release(session_id)
+        self._workers.in_background(self._unpin, session_id)  # opening the block store may take seconds
         return session_id
+
+    def _unpin(self, session_id: str) -> None:
+        blocks = self.blocks()
+        if blocks is not None:
+            blocks.unpin(session_id)
+
+    def wait_background(self, timeout: float | None = None) -> None:
+        """Wait for the KV pins and unpins that fork/delete left running (tests, shutdown)."""
+        self._workers.wait_background(timeout)
 
     def export(self, id_or_prefix: str, fmt: Literal["markdown", "json"] = "markdown") -> str:
         session = self.show(id_or_prefix)
@@ -268,15 +357,30 @@ class SessionService:
     def close_session(self, session_id: str) -> None:
         self.leases.release(session_id)
 
-    def close(self) -> None:
-        """Finish queued turns, write pending KV blocks, release every lease."""
-        self._engine.close()
-        if self._blocks is not None:
+    def close(self, cancel_pending: bool = False, timeout: float | None = None) -> bool:
+        """Finish (or with `cancel_pending`, cancel) queued and running turns, write pending KV blocks,
+        release every lease. `timeout`: give up waiting for the engine after that many seconds (a turn
+        still running is then abandoned). True when everything finished in time."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+
+        def left() -> float | None:
+            return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+        if cancel_pending:
+            for turn in self.turns():
+                turn.cancel()
+        if not self._workers.stop_admitting(left()):  # Redis still starting after `timeout`
+            return False
+        clean = self._engine.close(left())
+        self._workers.stop_background(wait=clean)
+        if self._blocks is not None and clean:
             try:
                 self._blocks.close() if self._owns_blocks else self._blocks.flush()
             except Exception as exc:
                 log.warning("KV blocks not written (%s)", exc)
-        self.leases.close()
+        if self._started.done() and self._started.exception() is None and self._leases is not None:
+            self._leases.close()
+        return clean
 
     def __enter__(self) -> SessionService:
         return self

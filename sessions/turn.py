@@ -1,7 +1,8 @@
 """The caller's handle on a running turn: events as they happen, blocking or async, and cancel().
 
-The engine thread appends events; any number of readers replay them from the start, so a CLI loop,
+The service's threads append events; any number of readers replay them from the start, so a CLI loop,
 a Textual worker and a test can all follow the same turn. Every turn ends with exactly one Result.
+Exit codes and Ctrl-C are the headless CLI's concern (workbench/headless.py), not this class's.
 """
 
 from __future__ import annotations
@@ -9,28 +10,40 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 
-from sessions.events import Result, TurnEvent
-
-_POLL_S = 0.1  # lets the blocking iterator notice Ctrl-C promptly
+from sessions.events import Result, SessionStarted, TurnEvent
 
 
 class Turn:
-    def __init__(self, session_id: str) -> None:
+    def __init__(self, session_id: str | None = None) -> None:
+        # None until the session exists (a new one) or its id is resolved (a prefix): never provisional.
         self.session_id = session_id
-        self.interrupted = False  # Ctrl-C arrived while a blocking reader waited
         self._events: list[TurnEvent] = []
         self._done = False
         self._cond = threading.Condition()
         self._cancel = threading.Event()
+        self._cancel_hooks: list[Callable[[], object]] = []
         self._async_waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
 
     # -- the caller's side ---------------------------------------------------------------------
 
     def cancel(self) -> None:
-        """Stop generating within one decode step; the partial reply is recorded as interrupted."""
-        self._cancel.set()
+        """Stop the turn in whatever phase it is (queued, model load, retrieval, prefill, decode); a
+        reply already begun is recorded as interrupted. The Result follows within a second."""
+        with self._cond:
+            self._cancel.set()
+            hooks, self._cancel_hooks = self._cancel_hooks, []
+        for hook in hooks:
+            hook()
+
+    def on_cancel(self, hook: Callable[[], object]) -> None:
+        """Call `hook` on cancel() (at once if the turn is already cancelled): the service's side."""
+        with self._cond:
+            if not self._cancel.is_set():
+                self._cancel_hooks.append(hook)
+                return
+        hook()
 
     @property
     def cancelled(self) -> bool:
@@ -46,33 +59,15 @@ class Turn:
             last = self._events[-1] if self._events else None
         return last if isinstance(last, Result) else None
 
-    @property
-    def exit_code(self) -> int:
-        """0, 1, 2, 3, or 130 when the turn was cancelled or interrupted (the CLI's exit code)."""
-        result = self.result
-        if result is None:
-            return 1
-        if self.interrupted or result.finish_reason == "cancelled":
-            return 130
-        return result.exit_code
-
     def __iter__(self) -> Iterator[TurnEvent]:
-        """Every event, blocking until the next one. Ctrl-C cancels the turn and keeps reading
-        (so the interrupted reply is recorded and the Result still arrives); a second Ctrl-C raises."""
+        """Every event, blocking until the next one."""
         index = 0
         while True:
-            try:
-                with self._cond:
-                    while index >= len(self._events) and not self._done:
-                        self._cond.wait(_POLL_S)
-                    batch = self._events[index:]
-                    finished = self._done
-            except KeyboardInterrupt:
-                if self.interrupted:
-                    raise
-                self.interrupted = True
-                self.cancel()
-                continue
+            with self._cond:
+                while index >= len(self._events) and not self._done:
+                    self._cond.wait()
+                batch = self._events[index:]
+                finished = self._done
             index += len(batch)
             yield from batch
             if finished and index >= len(self._events):
@@ -83,6 +78,13 @@ class Turn:
         with self._cond:
             self._cond.wait_for(lambda: self._done, timeout)
         return self.result
+
+    async def wait_async(self) -> Result:
+        """The Result, awaited without blocking the event loop."""
+        async for event in self.events_async():
+            if isinstance(event, Result):
+                return event
+        raise RuntimeError("the turn ended without a result")  # emit() makes this unreachable
 
     async def events_async(self) -> AsyncIterator[TurnEvent]:
         """`async for event in turn.events_async()`: for Textual; never blocks the event loop."""
@@ -108,7 +110,7 @@ class Turn:
             with self._cond:
                 self._async_waiters.remove((loop, wake))
 
-    # -- the engine thread's side --------------------------------------------------------------
+    # -- the service's side --------------------------------------------------------------------
 
     @property
     def cancel_event(self) -> threading.Event:
@@ -120,6 +122,8 @@ class Turn:
                 raise RuntimeError(
                     f"turn of session {self.session_id} already ended; cannot emit {event.type}"
                 )
+            if isinstance(event, SessionStarted):
+                self.session_id = event.session_id  # the session exists from here on
             self._events.append(event)
             if isinstance(event, Result):
                 self._done = True

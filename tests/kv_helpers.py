@@ -12,6 +12,7 @@ import json
 import shutil
 import sys
 import tempfile
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -64,13 +65,10 @@ def history(n: int, seed: int = 0, vocab: int = 300) -> list[int]:
 
 def greedy(model, cache, last_logits: np.ndarray, n: int) -> tuple[list[int], list[np.ndarray]]:
     """n greedy tokens from `last_logits`; also the logits each step saw."""
-    tokens, seen = [], [last_logits]
-    logits = last_logits
-    for _ in range(n):
-        tokens.append(int(np.argmax(logits)))
-        logits = model.forward([tokens[-1]], cache)
-        seen.append(logits)
-    return tokens, seen[:-1]
+    import engine
+
+    steps = list(islice(engine.decode_from(model, cache, last_logits), n))
+    return [s.token for s in steps], [s.logits for s in steps]
 
 
 def reference(model, ids: list[int], n: int) -> tuple[np.ndarray, list[int], list[np.ndarray]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from itertools import islice
 
 import numpy as np
 import pytest
@@ -24,14 +25,8 @@ def mlx_tolerance() -> float:
 
 
 def greedy(model: engine.Model, prompt: list[int], n: int) -> list[int]:
-    """Greedy decoding straight over Model.forward: prefill once, then one token per step."""
-    cache = model.make_cache()
-    logits = model.forward(prompt, cache)
-    out: list[int] = []
-    for _ in range(n):
-        out.append(int(np.argmax(logits)))
-        logits = model.forward([out[-1]], cache)
-    return out
+    """n greedy tokens at the token level: prefill once, then one token per step."""
+    return [step.token for step in islice(engine.generate_tokens(model, prompt), n)]
 
 
 @pytest.mark.parametrize("name", sorted(SPECS))

@@ -4,6 +4,7 @@ dequantized float32 twin."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from itertools import islice
 
 import mlx.core as mx
 import numpy as np
@@ -52,11 +53,5 @@ def test_quantized_greedy_matches_twin_on_mlx(tiny_model: TinyModels) -> None:
     runs = []
     for path in (tiny.path, tiny.twin.path):
         model = engine.load_model(path, backend="mlx")
-        cache, ids = model.make_cache(), list(tiny.prompt)
-        logits = model.forward(ids, cache)
-        out = []
-        for _ in range(16):
-            out.append(int(np.argmax(logits)))
-            logits = model.forward([out[-1]], cache)
-        runs.append(out)
+        runs.append([step.token for step in islice(engine.generate_tokens(model, list(tiny.prompt)), 16)])
     assert runs[0] == runs[1]

@@ -47,18 +47,44 @@ def check_result_object(data: dict, session_id: str | None = None) -> None:
         assert set(RETRIEVED_FIELDS) <= set(hit)
 
 
+PROGRESS = ("queued", "model_loading", "prefill")  # issue 15: what a turn reports before its first token
+
+
+def main_events(events: list[dict]) -> list[dict]:
+    """The events of the original contract: session, retrieval, cache, deltas, result."""
+    return [e for e in events if e["type"] not in PROGRESS]
+
+
+def check_progress(events: list[dict], sid: str) -> None:
+    """queued and model_loading come before the session (their id is null for a new one), prefill after
+    the cache event and before the first delta, counting up to its total."""
+    types = [e["type"] for e in events]
+    start = types.index("session")
+    assert set(types[:start]) <= {"queued", "model_loading"} and types[0] == "queued", types
+    assert all(e["session_id"] in (sid, None) for e in events[:start])
+    first_delta = types.index("delta") if "delta" in types else len(types) - 1
+    prefill = [e for e in events if e["type"] == "prefill"]
+    assert all(types.index("cache") < i < first_delta for i, t in enumerate(types) if t == "prefill"), types
+    if prefill:
+        done = [e["done"] for e in prefill]
+        assert done == sorted(set(done)) and done[-1] == prefill[-1]["total"], prefill
+
+
 def check_stream(events: list[dict], session_id: str | None = None) -> dict:
-    """One turn's stream-json: session, retrieval, cache, deltas, then one result (returned)."""
-    assert [e["type"] for e in events[:3]] == ["session", "retrieval", "cache"], events[:3]
-    assert events[-1]["type"] == "result"
-    assert {e["type"] for e in events[3:-1]} <= {"delta"}
-    sid = session_id or events[0]["session_id"]
-    assert all(e["session_id"] == sid for e in events), "every event carries the session id"
-    result = events[-1]
+    """One turn's stream-json: session, retrieval, cache, deltas, then one result (returned); the
+    progress events of issue 15 in their places."""
+    main = main_events(events)
+    assert [e["type"] for e in main[:3]] == ["session", "retrieval", "cache"], main[:3]
+    assert main[-1]["type"] == "result"
+    assert {e["type"] for e in main[3:-1]} <= {"delta"}
+    sid = session_id or main[0]["session_id"]
+    assert all(e["session_id"] == sid for e in main), "every event carries the session id"
+    check_progress(events, sid)
+    result = main[-1]
     check_result_object(result, sid)
-    answer = "".join(e["text"] for e in events if e["type"] == "delta" and e["kind"] == "answer")
+    answer = "".join(e["text"] for e in main if e["type"] == "delta" and e["kind"] == "answer")
     assert answer == result["text"]
-    cache = events[2]
+    cache = main[2]
     assert cache["cached_tokens"] == result["tokens"]["cached"]
     assert cache["prompt_tokens"] == result["tokens"]["prompt"]
     return result
@@ -97,7 +123,8 @@ def test_json_stream_json_and_text_across_processes(model: str, tmp_path: Path) 
     second = workbench("--resume", sid[:12], "-p", "-", "--output-format", "stream-json", stdin="And then?\n")
     assert second.code == 0, second
     resumed = check_stream(second.lines(), sid)
-    assert second.lines()[0]["created"] is False and second.lines()[0]["messages"] == 2
+    started = main_events(second.lines())[0]
+    assert started["created"] is False and started["messages"] == 2
     assert resumed["tokens"]["cached"] > 0, resumed["tokens"]
 
     # 3. The same second turn recomputed from scratch (--no-cache) in a fork: the same greedy reply.
@@ -170,7 +197,8 @@ def test_rag_and_thinking_on(model: str, tmp_path: Path) -> None:
     assert before.code == 0, before
     events = before.lines()
     sid = check_stream(events)["session_id"]
-    assert events[1]["chunks"] == [] and "not indexed" in events[1]["skipped"], "no index yet: says so"
+    retrieval = main_events(events)[1]
+    assert retrieval["chunks"] == [] and "not indexed" in retrieval["skipped"], "no index yet: says so"
     settings = show(sid)["settings"]
     assert settings["rag"] is True and settings["thinking"] is True
 
@@ -180,7 +208,7 @@ def test_rag_and_thinking_on(model: str, tmp_path: Path) -> None:
     assert after.code == 0, after
     events = after.lines()
     result = check_stream(events, sid)
-    retrieval = events[1]
+    retrieval = main_events(events)[1]
     assert retrieval["skipped"] is None and retrieval["tokens"] > 0
     assert [c["path"] for c in retrieval["chunks"]] == ["parser.py"]
     (hit,) = result["retrieved"]
@@ -209,7 +237,7 @@ def test_ctrl_c_mid_generation_records_the_partial_reply_and_exits_130(model: st
     reply = show(result["session_id"])["messages"][-1]
     assert reply["role"] == "assistant" and reply["status"] == "interrupted"
     assert reply["content"] == result["text"]
-    assert reply["content"].startswith(events[3]["text"])
+    assert reply["content"].startswith(next(e["text"] for e in events if e["type"] == "delta"))
 
 
 BAD_INPUT = [
@@ -257,7 +285,8 @@ def test_bad_input_one_line_exit_code_and_nothing_stored(
     # A bad model with json output still ends with a result object (no session was created).
     run = workbench("-p", "hi", "--model", str(tmp_path / "no-such-model"), "--output-format", "stream-json")
     assert run.code == 3, run
-    (result,) = run.lines()
+    *progress, result = run.lines()
+    assert [e["type"] for e in progress] == ["queued"] and progress[0]["session_id"] is None
     assert result["type"] == "result" and result["is_error"] is True and result["session_id"] is None
     assert "no-such-model" in result["error"]
     assert store_is_empty(redis_client, workbench_env)

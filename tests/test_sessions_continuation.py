@@ -64,7 +64,39 @@ def test_the_previous_reply_is_reused_and_the_answer_equals_a_full_recompute(
     assert history[:seen] == svc.show(reference.id).history[:seen]
 
 
-def test_the_canonical_rendering_is_kept_when_the_reply_did_not_end_its_turn(model_dir: Path) -> None:
+def test_a_length_cut_reply_is_continued_whole_and_answers_as_a_full_recompute(
+    svc: SessionService, model_dir: Path
+) -> None:
+    first = run(svc, None, PROMPT, model=str(model_dir), repo=str(model_dir), temperature=0.0,
+                max_tokens=40, rag=False)  # fmt: skip
+    assert first.finish_reason == "length"
+    history = svc.show(first.session_id).history
+    # Every token the cut reply produced is in the history (the last one was fed to the cache too).
+    assert len(history) == first.tokens["prompt"] + first.tokens["generated"]
+    reference = svc.fork(first.session_id, title="reference")
+
+    second = run(svc, first.session_id, "And then?", max_tokens=12)
+    recomputed = run(svc, reference.id, "And then?", max_tokens=12, no_cache=True)
+    assert second.tokens["cached"] == len(history)  # the whole previous history, not a re-render
+    assert second.text == recomputed.text and second.tokens["prompt"] == recomputed.tokens["prompt"]
+
+
+def test_a_cancelled_reply_is_kept_and_reused(svc: SessionService, model_dir: Path) -> None:
+    turn = svc.start_turn(None, PROMPT, TurnOptions(model=str(model_dir), temperature=0.0, max_tokens=400,
+                                                    rag=False))  # fmt: skip
+    deltas = 0
+    for event in turn:
+        deltas += event.type == "delta"
+        if deltas == 12:
+            turn.cancel()
+    first = turn.result
+    assert first.finish_reason == "cancelled" and first.text
+    history = svc.show(first.session_id).history
+    second = run(svc, first.session_id, "And then?", max_tokens=8)
+    assert second.tokens["cached"] == len(history) > first.tokens["prompt"]
+
+
+def test_a_cut_reply_is_closed_with_the_templates_end_of_turn_text(model_dir: Path) -> None:
     import engine
 
     tok = engine.load_model(model_dir).tokenizer
@@ -72,15 +104,20 @@ def test_the_canonical_rendering_is_kept_when_the_reply_did_not_end_its_turn(mod
     first = build_prompt(tok, None, [user], thinking=False)
     reply_ids = tok.encode("a reply that was cut short")
     cut = Message(role="assistant", content=tok.decode(reply_ids), finish_reason="length")
-    ended = Message(role="assistant", content=cut.content, finish_reason="stop")
     history = first.token_ids + reply_ids
     follow = Message(role="user", content="And then?")
 
     canonical = build_prompt(tok, None, [user, cut, follow], thinking=False)
-    assert build_prompt(tok, None, [user, cut, follow], False, history=history) == canonical
-    continued = build_prompt(tok, None, [user, ended, follow], False, history=history)
+    continued = build_prompt(tok, None, [user, cut, follow], False, history=history)
     assert continued.token_ids[: len(history)] == history and continued != canonical
+    suffix = continued.token_ids[len(history) :]
+    assert suffix[0] in tok.eos_token_ids  # the template's end-of-turn closes the cut reply
     assert continued.text.endswith(canonical.text[canonical.text.rindex(cut.content) + len(cut.content) :])
+    # A reply ended by a stop string has tokens the text lacks: it is re-rendered.
+    stopped = Message(role="assistant", content=cut.content, finish_reason="stop_string")
+    assert build_prompt(tok, None, [user, stopped, follow], False, history=history) == build_prompt(
+        tok, None, [user, stopped, follow], thinking=False
+    )
     # Another system prompt than the history was made with: the history is not reused.
-    changed = build_prompt(tok, "Be terse.", [user, ended, follow], False, history=history)
-    assert changed == build_prompt(tok, "Be terse.", [user, ended, follow], thinking=False)
+    changed = build_prompt(tok, "Be terse.", [user, cut, follow], False, history=history)
+    assert changed == build_prompt(tok, "Be terse.", [user, cut, follow], thinking=False)

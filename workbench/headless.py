@@ -257,7 +257,7 @@ def run_turns(request: TurnRequest, prompts: list[str]) -> int:
             if number and request.output_format == "text":
                 sys.stdout.write("\n")  # replies of a script are separated by a blank line
             turn = session_client.start_turn(svc, session_id, prompt, request)
-            code = drive(turn, writer, new_session=session_id is None)
+            code = drive(turn, writer)
             session_id = turn.session_id
             if code != 0:
                 return code
@@ -280,7 +280,8 @@ def _log_to_stderr() -> None:
 
 class _CtrlC:
     """SIGINT while a turn runs: the first cancels the turn (its partial reply is recorded as interrupted,
-    and the Result still arrives); a second one stops waiting at once."""
+    and the Result still arrives); a second one stops waiting at once. Ctrl-C is the CLI's business:
+    the session service only offers `turn.cancel()`."""
 
     def __init__(self, turn: Turn) -> None:
         self.turn = turn
@@ -290,20 +291,26 @@ class _CtrlC:
         self.count += 1
         if self.count > 1:
             raise KeyboardInterrupt
-        self.turn.interrupted = True
         self.turn.cancel()
 
 
-def drive(turn: Turn, writer: Writer, new_session: bool = False) -> int:
-    """Write the events of `turn` as they come; returns the exit code of the turn.
+def exit_code(result: dict[str, Any], interrupted: bool = False) -> int:
+    """The exit code of a turn (README, Exit codes): 130 when cancelled, the failure's code, else 0."""
+    if interrupted or result.get("finish_reason") == "cancelled":
+        return INTERRUPTED
+    if result.get("is_error"):
+        return int(result.get("exit_code") or 1)
+    return 0
 
-    `new_session`: the turn was to create its session. Should it fail before the session exists (a bad
-    model), its result carries `session_id: null`, since no session by the id it was given was stored.
-    """
+
+def drive(turn: Turn, writer: Writer) -> int:
+    """Write the events of `turn` as they come; returns the exit code of the turn. A turn whose new
+    session was never created (a bad model) has `session_id: null` in its result: the service reports
+    an id only once the session exists."""
     handler = _CtrlC(turn)
     previous = signal.signal(signal.SIGINT, handler)
     try:
-        result = _write_turn(turn, writer, new_session)
+        result = _write_turn(turn, writer)
     except BrokenPipeError:  # the reader went away (`| head`): stop generating, keep what was said
         turn.cancel()
         turn.wait()
@@ -311,28 +318,20 @@ def drive(turn: Turn, writer: Writer, new_session: bool = False) -> int:
         raise WorkbenchError(f"output closed; the turn of session {turn.session_id} was cancelled") from None
     finally:
         signal.signal(signal.SIGINT, previous)
-    if handler.count or result.get("finish_reason") == "cancelled":
-        return INTERRUPTED
-    if result.get("is_error"):
-        return int(result.get("exit_code") or 1)
-    return 0
+    return exit_code(result, interrupted=handler.count > 0)
 
 
-def _write_turn(turn: Turn, writer: Writer, new_session: bool) -> dict[str, Any]:
+def _write_turn(turn: Turn, writer: Writer) -> dict[str, Any]:
     result: dict[str, Any] | None = None
-    started = False
     for event in turn:
         data = event.to_dict()
         if data.get("type") == "result":
             result = data
             break
-        started = started or data.get("type") == "session"
         writer.event(data)
     if result is None:  # the service ended a turn without a Result: report it as an error
         result = {"session_id": turn.session_id, "is_error": True, "finish_reason": "error",
                   "error": "the turn ended without a result", "exit_code": 1}  # fmt: skip
-    if new_session and not started:
-        result["session_id"] = None
     writer.result(result)
     return result
 
