@@ -10,60 +10,27 @@ The BM25 corpus statistics (document count, average length) come from `len` and 
 
 from __future__ import annotations
 
-import functools
-import re
 from collections import Counter
 from dataclasses import dataclass
 
 import redis
 
+from core import bm25
+
 PREFIX = "wb:s:fts:"
 LEN_KEY = PREFIX + "len"
 TOTAL_KEY = PREFIX + "total"
 TITLE_WEIGHT = 3
-K1 = 1.2
-B = 0.75
-MAX_TERM_CHARS = 64
-
-_WORD = re.compile(r"[^\W_]+(?:_+[^\W_]+)*|[^\W_]+", re.UNICODE)  # words, snake_case kept whole
 
 
 def terms(text: str) -> list[str]:
-    """Search terms of `text`: words lower-cased; identifiers also split into their parts.
+    """Search terms of `text` (core.bm25's plain splitter): words lower-cased; identifiers also split
+    into their parts.
 
     `parse_config_file` -> parse_config_file, parse, config, file;
     `HTTPServerError` -> httpservererror, http, server, error.
     """
-    out: list[str] = []
-    for word in _WORD.findall(text):
-        out.extend(_word_terms(word))
-    return out
-
-
-@functools.lru_cache(maxsize=1 << 16)
-def _word_terms(word: str) -> tuple[str, ...]:
-    """The terms of one word (cached: text repeats its words, and splitting is the slow part)."""
-    whole = word.lower()
-    out = [whole] if len(whole) <= MAX_TERM_CHARS and (len(whole) > 1 or whole.isdigit()) else []
-    if "_" not in word and word.isalpha() and (word.islower() or word.isupper()):
-        return tuple(out)  # a plain word: nothing to split
-    parts = [p.lower() for chunk in word.split("_") if chunk for p in _camel_parts(chunk)]
-    if len(parts) > 1:
-        out.extend(p for p in parts if len(p) > 1 and p != whole)
-    return tuple(out)
-
-
-def _camel_parts(word: str) -> list[str]:
-    """`parseHTTPResponse2` -> parse, HTTP, Response, 2 (any script's upper/lower case counts)."""
-    parts, start = [], 0
-    for i in range(1, len(word)):
-        a, b = word[i - 1], word[i]
-        acronym_end = a.isupper() and b.isupper() and i + 1 < len(word) and word[i + 1].islower()
-        if (a.islower() and b.isupper()) or a.isdigit() != b.isdigit() or acronym_end:
-            parts.append(word[start:i])
-            start = i
-    parts.append(word[start:])
-    return parts
+    return bm25.terms(text)
 
 
 def term_key(term: str) -> str:
@@ -155,63 +122,35 @@ class Scored:
     matched: list[str]  # the query terms this session contains
 
 
-# BM25 runs where the postings are: the script reads each query term's posting list, scores every
-# session in it and returns only the best `limit` — thousands of postings never cross the socket.
-# ARGV: prefix, limit, k1, b, filter zset key ('' for none), then the query terms.
-_BM25 = """
-local p, limit, k1, b, only = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
-local n = redis.call('HLEN', p .. 'len')
-if n == 0 then return {} end
-local avg = math.max(tonumber(redis.call('GET', p .. 'total') or '0') / n, 1)
-local scores, matched, norms, allowed = {}, {}, {}, {}
-for i = 6, #ARGV do
-  local post = redis.call('ZRANGE', p .. 't:' .. ARGV[i], 0, -1, 'WITHSCORES')
-  local df = #post / 2
-  local idf = math.log(1 + (n - df + 0.5) / (df + 0.5))
-  for j = 1, #post, 2 do
-    local sid = post[j]
-    if allowed[sid] == nil then
-      allowed[sid] = only == '' or redis.call('ZSCORE', only, sid) ~= false
-    end
-    if allowed[sid] then
-      local norm = norms[sid]
-      if norm == nil then
-        local dl = tonumber(redis.call('HGET', p .. 'len', sid) or '0')
-        norm = k1 * (1 - b + b * dl / avg)
-        norms[sid] = norm
-      end
-      local f = tonumber(post[j + 1])
-      scores[sid] = (scores[sid] or 0) + idf * f * (k1 + 1) / (f + norm)
-      matched[sid] = (matched[sid] or '') .. (i - 6) .. ','
-    end
-  end
-end
-local ranked = {}
-for sid, score in pairs(scores) do ranked[#ranked + 1] = {sid, score} end
-table.sort(ranked, function(x, y) if x[2] ~= y[2] then return x[2] > y[2] end return x[1] < y[1] end)
-local out = {}
-for i = 1, math.min(limit, #ranked) do
-  local sid = ranked[i][1]
-  out[#out + 1] = sid
-  out[#out + 1] = string.format('%.17g', ranked[i][2])
-  out[#out + 1] = matched[sid]
-end
-return out
-"""
-
-
 def search(r: redis.Redis, query: str, limit: int = 20, only_in: str | None = None) -> list[Scored]:
-    """Sessions ranked by BM25 for `query`, best first; `only_in`: a zset key of allowed ids (a repo's)."""
-    query_terms = list(dict.fromkeys(terms(query)))
+    """Sessions ranked by BM25 for `query`, best first; `only_in`: a zset key of allowed ids (a repo's).
+
+    Two pipelined round trips: the corpus totals and each query term's postings, then the lengths
+    (and repo membership) of the sessions those postings name; core.bm25 scores them here."""
+    query_terms = bm25.PLAIN.query_terms(query)
     if not query_terms or limit < 1:
         return []
-    reply = r.eval(_BM25, 0, PREFIX, limit, K1, B, only_in or "", *query_terms)
-    results = []
-    for i in range(0, len(reply), 3):
-        indices = {int(x) for x in reply[i + 2].decode().split(",") if x}
-        matched = [t for n, t in enumerate(query_terms) if n in indices]
-        results.append(Scored(reply[i].decode(), float(reply[i + 1]), matched))
-    return results
+    pipe = r.pipeline(transaction=False)
+    pipe.hlen(LEN_KEY)
+    pipe.get(TOTAL_KEY)
+    for term in query_terms:
+        pipe.zrange(term_key(term), 0, -1, withscores=True)
+    docs, total, *raw = pipe.execute()
+    postings = [dict(p) for p in raw]
+    candidates = list({sid for p in postings for sid in p})
+    if not docs or not candidates:
+        return []
+    pipe = r.pipeline(transaction=False)
+    pipe.hmget(LEN_KEY, candidates)
+    if only_in:
+        pipe.zmscore(only_in, candidates)
+    lengths_raw, *member = pipe.execute()
+    lengths = {sid: float(n or 0) for sid, n in zip(candidates, lengths_raw, strict=True)}
+    allowed = None
+    if only_in:
+        allowed = [sid for sid, score in zip(candidates, member[0], strict=True) if score is not None]
+    ranked = bm25.rank(postings, lengths, int(docs), int(total or 0) / int(docs), limit, allowed)
+    return [Scored(x.doc.decode(), x.score, [query_terms[i] for i in x.matched]) for x in ranked]
 
 
 def snippet(text: str, matched: list[str], width: int = 160) -> str:
