@@ -9,9 +9,11 @@ ids = ix.token_ids(hits[0], tokenizer)
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import socket
 import threading
 import time
 import uuid
@@ -22,15 +24,18 @@ from typing import Any
 
 import numpy as np
 
+from core.lease import pid_alive
 from indexer import tokens
 from indexer.chunk import Chunk, chunk_file
 from indexer.embed import Encoder, default_model_dir, model_identity
+from indexer.guard import check_root
+from indexer.progress import Meter, ProgressCallback
 from indexer.scan import IgnoreRules, SourceFile, read_source, scan
-from indexer.store import FilePlan, IndexStore, element_name, embed_hash, index_id
+from indexer.store import LEASE_WAIT_SECONDS, FilePlan, IndexStore, element_name, embed_hash, index_id
+from indexer.updating import Pass, UpdateCancelled, UpdateStats, write_groups
 
 log = logging.getLogger(__name__)
 
-FILES_PER_WRITE_GROUP = 64  # files embedded and written together: bounded memory, steady progress
 QUIET_REASONS = ("vanished", "ignored")  # normal during edits: not logged as errors
 
 _encoders: dict[tuple[str, str | None], Encoder] = {}
@@ -62,24 +67,6 @@ class Hit:
         return asdict(self)
 
 
-@dataclass
-class UpdateStats:
-    files_seen: int = 0
-    files_unchanged: int = 0
-    files_changed: int = 0
-    files_removed: int = 0
-    files_skipped: int = 0
-    chunks_added: int = 0
-    chunks_removed: int = 0
-    chunks_reattributed: int = 0
-    chunks_embedded: int = 0
-    vectors_reused: int = 0
-    seconds: float = 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
 class Index:
     def __init__(self, root: Path, redis: Any, model_dir: Path | None, encoder: Encoder | None) -> None:
         self.root = root
@@ -92,7 +79,6 @@ class Index:
         self.rules = IgnoreRules(root)
         self.tokenizers: dict[str, tokens.TokenizerLike] = {}
         self._lock = threading.Lock()  # one update at a time (the watcher and a caller may overlap)
-        self._lease: Any = None
         self._token = f"{os.getpid()}:{uuid.uuid4().hex}"
 
     @classmethod
@@ -123,41 +109,75 @@ class Index:
         return self._encoder
 
     # ---- updating ----------------------------------------------------------------------------------
-    def update(self, paths: Iterable[str] | None = None) -> UpdateStats:
+    def update(
+        self,
+        paths: Iterable[str] | None = None,
+        *,
+        progress: ProgressCallback | None = None,
+        cancel: threading.Event | None = None,
+        confirm: bool = False,
+    ) -> UpdateStats:
         """Bring the index in line with the files: all of them (None) or just `paths` (repo-relative or
-        absolute; a path that no longer exists, or is now ignored, leaves the index)."""
-        # One writer per index: this process's threads (lock) and other processes (a Redis lease,
-        # renewed per write group) — two writers could both VADD one new element.
-        with self._lock, self.store.writer_lease(self._token) as lease:
-            self._lease = lease
-            t0 = time.monotonic()
-            stats = UpdateStats()
-            self.store.set_status(state="indexing")
-            self.store.set_meta(str(self.root), self.model_id)
+        absolute; a path that no longer exists, or is now ignored, leaves the index).
+
+        `progress` gets `indexer.progress.Progress` reports (waiting, reading, embedding, done);
+        `cancel` ends the pass between files with UpdateCancelled (what was written stays); a first
+        full pass of a home directory or `/` raises guard.BroadRoot unless `confirm`."""
+        meter = Meter(progress)
+        # One writer per index: this process's threads (lock) and other processes (the Redis lease,
+        # kept by a heartbeat) — two writers could both VADD one new element.
+        with self._lock:
             if paths is None:
-                self.rules = IgnoreRules(self.root)  # ignore files may have changed
-                result = scan(self.root, self.rules)
-                for rel, reason in result.skipped:
-                    self.store.log_error(rel, reason)
-                stats.files_skipped += len(result.skipped)
-                manifests = self.store.manifests()
-                # Indexed files the scan no longer yields (deleted, now ignored, now too big) leave.
-                ignored = set(manifests) - set(result.files)
-                targets = result.files + sorted(ignored)
-            else:
-                targets = list(dict.fromkeys(self.relpath(p) for p in paths))
-                targets = [t for t in targets if t]
-                manifests = self.store.manifests(targets)
-                ignored = {t for t in targets if self.rules.is_ignored(t, False)}
-            plans = self._plan(targets, manifests, ignored, stats)
-            self._write(plans, stats)
-            files, chunks = self.store.counts()
-            stats.seconds = time.monotonic() - t0
-            errors = self.redis.llen(self.store.errors_key)
-            self.store.set_status(
-                state="idle", files=files, chunks=chunks, pending=0, last_update=time.time(), errors=errors
-            )
-            return stats
+                self.check_root(confirm)
+            lease = self.store.writer_lease(self._token, label=f"indexing {self.root}")
+            if not lease.acquire(LEASE_WAIT_SECONDS, lambda h, _: meter.waiting(h.describe()), cancel):
+                raise UpdateCancelled(f"index of {self.root}: cancelled while waiting for its writer lease")
+            lease.start_heartbeat()
+            try:
+                return self._update(paths, Pass(meter, lease, cancel))
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    self.store.set_status(state="interrupted")
+                raise
+            finally:
+                lease.release()
+
+    def check_root(self, confirm: bool = False) -> None:
+        """Raise guard.BroadRoot (what would be indexed, how to confirm) before a first full pass of a
+        home directory or `/`, unless `confirm`; an index that exists was confirmed already."""
+        if not confirm and self.store.counts()[0] == 0:
+            check_root(self.root)
+
+    def _update(self, paths: Iterable[str] | None, run: Pass) -> UpdateStats:
+        t0 = time.monotonic()
+        stats = UpdateStats()
+        self.store.set_status(state="indexing")
+        self.store.set_meta(str(self.root), self.model_id)
+        if paths is None:
+            self.rules = IgnoreRules(self.root)  # ignore files may have changed
+            result = scan(self.root, self.rules)
+            for rel, reason in result.skipped:
+                self.store.log_error(rel, reason)
+            stats.files_skipped += len(result.skipped)
+            manifests = self.store.manifests()
+            # Indexed files the scan no longer yields (deleted, now ignored, now too big) leave.
+            ignored = set(manifests) - set(result.files)
+            targets = result.files + sorted(ignored)
+        else:
+            targets = list(dict.fromkeys(self.relpath(p) for p in paths))
+            targets = [t for t in targets if t]
+            manifests = self.store.manifests(targets)
+            ignored = {t for t in targets if self.rules.is_ignored(t, False)}
+        plans = self._plan(targets, manifests, ignored, stats, run)
+        self._write(plans, stats, run)
+        files, chunks = self.store.counts()
+        stats.seconds = time.monotonic() - t0
+        errors = self.redis.llen(self.store.errors_key)
+        self.store.set_status(
+            state="idle", files=files, chunks=chunks, pending=0, last_update=time.time(), errors=errors
+        )
+        run.meter.done(len(plans), stats.chunks_added)
+        return stats
 
     def relpath(self, path: str) -> str:
         """`path` (absolute or repo-relative) as a repo-relative posix path; "" when outside the repo."""
@@ -171,10 +191,17 @@ class Index:
         return "" if rel in (".", "") else rel
 
     def _plan(
-        self, targets: list[str], manifests: dict[str, dict[str, Any]], ignored: set[str], stats: UpdateStats
+        self,
+        targets: list[str],
+        manifests: dict[str, dict[str, Any]],
+        ignored: set[str],
+        stats: UpdateStats,
+        run: Pass,
     ) -> list[FilePlan]:
         plans: list[FilePlan] = []
-        for rel in targets:
+        for n, rel in enumerate(targets):
+            run.check()
+            run.meter.reading(n, len(targets))
             stats.files_seen += 1
             src: SourceFile | str = "ignored" if rel in ignored else read_source(self.root, rel)
             old = manifests.get(rel)
@@ -204,7 +231,7 @@ class Index:
             ))  # fmt: skip
         return plans
 
-    def _write(self, plans: list[FilePlan], stats: UpdateStats) -> None:
+    def _write(self, plans: list[FilePlan], stats: UpdateStats, run: Pass) -> None:
         if not plans:
             return
         old_elements = [e for p in plans for e in p.remove] + [e for p in plans for e, _ in p.reattribute]
@@ -214,11 +241,13 @@ class Index:
         for plan in plans:
             plan.reattribute = [(e, c) for e, c in plan.reattribute if _moved(old_records.get(e), c)]
         reusable = self._reusable_vectors(plans, old_records)
-        for start in range(0, len(plans), FILES_PER_WRITE_GROUP):
-            group = plans[start : start + FILES_PER_WRITE_GROUP]
-            self.store.set_status(pending=len(plans) - start)
-            self._lease.renew()
+        files_done, chunks_done, chunks_total = 0, 0, sum(len(p.add) for p in plans)
+        for group in write_groups(plans):
+            self.store.set_status(pending=len(plans) - files_done)
+            run.meter.embedding(files_done, len(plans), chunks_done, chunks_total)
+            run.check()
             vectors = self._vectors_for(group, reusable, stats)
+            run.check()  # a lease lost while embedding: another writer may be at work, write nothing
             for plan in group:
                 self.store.apply(plan, old_records, vectors)
                 stats.chunks_added += len(plan.add)
@@ -228,6 +257,9 @@ class Index:
                 tokens.make_missing(
                     self.redis, tokenizer, [(c.content_hash, c.text) for p in group for _, c in p.add]
                 )
+            files_done += len(group)
+            chunks_done += sum(len(p.add) for p in group)
+        run.meter.embedding(files_done, len(plans), chunks_done, chunks_total)
 
     def _reusable_vectors(
         self, plans: list[FilePlan], old_records: dict[str, dict[str, Any]]
@@ -301,7 +333,22 @@ class Index:
             yield elements, records
 
     def status(self) -> dict[str, str]:
-        return self.store.status()
+        """The status hash, with `state` corrected when the process that set it is gone: a writer
+        killed mid-pass leaves "indexing" (reported "interrupted"), a killed watcher "watching"
+        (reported "stopped")."""
+        status = self.store.status()
+        state = status.get("state")
+        if state in ("indexing", "watching") and self._writer_gone(status):
+            status["state"] = "interrupted" if state == "indexing" else "stopped"
+            status["note"] = f"pid {status.get('pid', '?')} stopped while {state}"
+        return status
+
+    def _writer_gone(self, status: dict[str, str]) -> bool:
+        if status.get("host") == socket.gethostname():
+            return not pid_alive(int(status.get("pid") or 0))
+        if status.get("state") == "indexing":  # elsewhere: only its lease can tell
+            return self.store.writer_lease(self._token).holder() is None
+        return False
 
     def drop(self) -> int:
         return self.store.drop()

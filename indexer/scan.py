@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,6 +49,7 @@ class SourceFile:
 class ScanResult:
     files: list[str] = field(default_factory=list)  # repo-relative posix paths, sorted
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (relpath, reason)
+    complete: bool = True  # False: the walk stopped at its deadline (an estimate)
 
 
 class IgnoreRules:
@@ -102,13 +104,17 @@ class IgnoreRules:
         return bool(decision)
 
 
-def scan(root: Path, rules: IgnoreRules | None = None) -> ScanResult:
+def scan(root: Path, rules: IgnoreRules | None = None, deadline: float | None = None) -> ScanResult:
     """Walk `root` without following directory symlinks; files that cannot be candidates are skipped
-    here with a logged reason (size, symlink loops, unreadable directories)."""
+    here with a logged reason (size, symlink loops, unreadable directories). With a `deadline`
+    (time.monotonic()) the walk stops there and says so (`complete` False): a count to show, not a scan."""
     rules = rules or IgnoreRules(root)
     result = ScanResult()
     stack = [""]
     while stack:
+        if deadline is not None and time.monotonic() > deadline:
+            result.complete = False
+            break
         reldir = stack.pop()
         try:
             with os.scandir(root / reldir) as it:

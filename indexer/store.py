@@ -7,9 +7,9 @@
 | `chunks` | hash | element -> chunk JSON {path, lang, start, end, symbol, hash, eh, text, terms, len} |
 | `lx:t:<term>`, `lx:len`, `lx:stats` | hashes | BM25 postings (indexer.lexical) |
 | `meta` | hash | repo, model |
-| `status` | hash | files, chunks, pending, last_update, errors, state, last_error |
+| `status` | hash | files, chunks, pending, last_update, errors, state, pid, host (of who set state) |
 | `errors` | list | the latest skip/error reasons, newest first |
-| `lock` | string with TTL | the writer's lease (redis-py lock), held during an update |
+| `lock` | string with TTL | the writer's lease (core.lease: pid, host, token), held during an update |
 
 An element's name is `<path>#<12 hex of the embedded text's sha256>`, so a chunk that did not change keeps
 its element and its vector. Elements are never VADDed twice: Redis 8.0.2 applies a VADD on an existing
@@ -19,24 +19,24 @@ and a chunk that only moved lines gets VSETATTR (which is persisted).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import time
+import os
+import socket
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from redis import exceptions as redis_errors
 from redis.commands.vectorset.commands import QuantizationOptions
 
+from core.lease import Lease
 from indexer.chunk import Chunk
 from indexer.lexical import LexicalIndex
 
 ERRORS_KEPT = 200
 SYMBOL_BOOST = 3
-LEASE_SECONDS = 120  # renewed before each write group, so only a dead writer lets it lapse
-LEASE_WAIT_SECONDS = 600
+LEASE_MS = 15_000  # renewed by a heartbeat: a writer killed on another host blocks others 15 s at most
+LEASE_WAIT_SECONDS = 600  # how long a pass waits for a live writer elsewhere before giving up
 
 
 def index_id(repo_realpath: str, model_id: str) -> str:
@@ -154,13 +154,19 @@ class IndexStore:
             pipe.hset(self.files_key, plan.path, json.dumps(manifest))
         pipe.execute()
 
-    def writer_lease(self, token: str) -> WriterLease:
-        return WriterLease(self.r, self.prefix + "lock", token)
+    def writer_lease(self, token: str, label: str = "") -> Lease:
+        """The one-writer-per-index lease; `token` is the Index's own, so it takes back a lease of
+        its own that a Redis restart left behind."""
+        return Lease(self.r, self.prefix + "lock", LEASE_MS, token=token, label=label)
 
     def set_meta(self, repo: str, model_id: str) -> None:
         self.r.hset(self.meta_key, mapping={"repo": repo, "model": model_id})
 
     def set_status(self, **fields: Any) -> None:
+        """Update status fields; a new `state` also records this process (pid, host), so a reader can
+        tell a state whose process is gone."""
+        if "state" in fields:
+            fields.update(pid=os.getpid(), host=socket.gethostname())
         self.r.hset(self.status_key, mapping={k: str(v) for k, v in fields.items()})
 
     def status(self) -> dict[str, str]:
@@ -178,36 +184,6 @@ class IndexStore:
         for i in range(0, len(keys), 500):
             self.r.delete(*keys[i : i + 500])
         return len(keys)
-
-
-class WriterLease:
-    """The one-writer-per-index lease: a key holding the writer's token, with a TTL so a dead writer's
-    lease lapses. The same token may take its own lease back (a Redis restart can leave it behind)."""
-
-    def __init__(self, redis: Any, key: str, token: str) -> None:
-        self.r, self.key, self.token = redis, key, token.encode()
-
-    def __enter__(self) -> WriterLease:
-        deadline = time.monotonic() + LEASE_WAIT_SECONDS
-        while not (self.r.set(self.key, self.token, nx=True, ex=LEASE_SECONDS) or self._mine()):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"index {self.key} is being updated by another writer for too long")
-            time.sleep(0.1)
-        return self
-
-    def _mine(self) -> bool:
-        if self.r.get(self.key) == self.token:
-            self.r.expire(self.key, LEASE_SECONDS)
-            return True
-        return False
-
-    def renew(self) -> None:
-        self._mine()
-
-    def __exit__(self, *exc: object) -> None:
-        with contextlib.suppress(redis_errors.RedisError):
-            if self.r.get(self.key) == self.token:
-                self.r.delete(self.key)
 
 
 def lexical_text(chunk: Chunk) -> str:

@@ -6,6 +6,9 @@ updates those paths. Reading the files at that moment makes editors' atomic save
 come out right: the temp file is gone, the target has the new content. Directory moves and deletes
 expand to the files under the old and new names; a branch switch is one big batch, written in groups.
 
+The observer starts before the first full pass (`initial_update`), so an edit made while that pass runs
+is queued and applied right after it: no edit is lost between the scan and the watch.
+
 The worker never dies: a Redis outage keeps the batch and retries with backoff, and after reconnecting
 it runs a full pass that re-checks every file's hash, so nothing changed during the outage is lost.
 """
@@ -25,8 +28,10 @@ import redis
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
-from indexer.index import Index, UpdateStats
+from indexer.index import Index
+from indexer.progress import ProgressCallback
 from indexer.scan import scan
+from indexer.updating import UpdateCancelled, UpdateStats
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +50,14 @@ class Watcher:
         max_delay: float = 1.0,
         on_update: Callable[[UpdateStats], None] | None = None,
         initial_update: bool = True,
+        progress: ProgressCallback | None = None,
+        confirm: bool = False,
     ) -> None:
+        """`progress` is passed to every update (indexer.progress); `confirm` lets a first full pass
+        index a home directory or `/` (guard.BroadRoot otherwise)."""
         self.ix = ix
+        self.progress = progress
+        self.confirm = confirm
         self.debounce = debounce
         self.max_delay = max_delay
         self.on_update = on_update
@@ -65,6 +76,12 @@ class Watcher:
 
     # ---- lifecycle ---------------------------------------------------------------------------------
     def start(self) -> Watcher:
+        """Start watching; guard.BroadRoot at once for a home directory or `/` never indexed and not
+        confirmed (rather than a worker retrying a pass it may not run)."""
+        if self.initial_update:
+            self.ix.check_root(self.confirm)
+        # The observer first: watchdog adds its watches inside start(), so every event from here on is
+        # recorded, including those of files the first full pass has already read.
         self._observer = Observer()
         self._observer.schedule(_Handler(self), str(self.ix.root), recursive=True)
         self._observer.start()
@@ -117,11 +134,14 @@ class Watcher:
                 continue
             try:
                 self._publish(pending=len(batch), state="indexing")
-                stats = self.ix.update() if full else self.ix.update(self._expand(batch))
+                paths = None if full else self._expand(batch)
+                stats = self.ix.update(paths, progress=self.progress, cancel=self._stop, confirm=self.confirm)
                 self.batches += 1
                 backoff = 0.2
                 if self.on_update is not None:
                     self.on_update(stats)
+            except UpdateCancelled:
+                return  # stop() during a pass: what was written stays
             except REDIS_ERRORS as exc:
                 log.warning("index watch: Redis unavailable (%s); retrying in %.1f s", exc, backoff)
                 self._requeue(batch, full_pass=True)  # on reconnect: re-check every file's hash

@@ -3,7 +3,6 @@ watcher rides out a Redis restart without losing an update. Each test runs its o
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import tempfile
@@ -16,6 +15,7 @@ import numpy as np
 import pytest
 import redis
 
+from core import redis_server
 from indexer import Index
 from indexer.index import shared_encoder
 from indexer.watch import Watcher
@@ -23,12 +23,8 @@ from tests.indexer_support import expected_elements, vset_members, write_repo
 
 
 def server_binary() -> str:
-    binary = os.environ.get("WORKBENCH_REDIS_SERVER") or str(
-        Path.home() / ".cache/workbench/redis-8.0.2/bin/redis-server"
-    )
-    if not Path(binary).is_file():
-        pytest.skip(f"redis-server with Vector Sets not found at {binary}")
-    return binary
+    """The redis-server the suite's own private server uses (found the way set-up finds it)."""
+    return redis_server.find_server_binary()
 
 
 class AofRedis:

@@ -1,6 +1,9 @@
-"""`workbench index [--watch] [--status]` and `workbench search QUERY|-`: the live code index.
+"""`workbench index [PATH] [--watch] [--status]` and `workbench search QUERY|- [PATH]`: the live code index.
 
-`search -` reads one query per line from stdin and answers each with one JSON line (scripted evaluation).
+PATH (or `--repo PATH`, the older spelling) is the repository, `.` by default, as `git` and `rg` take
+it. `search -` reads one query per line from stdin and answers each with one JSON line (scripted
+evaluation). A pass that runs longer than a couple of seconds shows its progress on stderr at a terminal
+(workbench/index_progress.py); a first pass of a home directory or `/` needs `--yes`.
 """
 
 from __future__ import annotations
@@ -15,51 +18,82 @@ from core.errors import UsageError
 
 if TYPE_CHECKING:
     from indexer import Hit, Index, UpdateStats
+    from workbench.index_progress import TerminalProgress
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("index", help="index a repository for retrieval (incremental); --watch keeps it live")
-    p.add_argument("--repo", default=".", metavar="PATH", help="repository to index (default: .)")
+    p.add_argument("repo_path", nargs="?", default=None, metavar="PATH", help="repository (default: .)")
+    p.add_argument("--repo", default=None, metavar="PATH", help="the same as PATH")
     p.add_argument("--watch", action="store_true", help="stay running and apply file changes as they happen")
     p.add_argument("--status", action="store_true", help="print the index status (files, chunks, pending)")
+    p.add_argument("--yes", action="store_true", help="index even a home directory or / (asked otherwise)")
     p.add_argument("--json", action="store_true", help="JSON output (one line per update with --watch)")
     p.set_defaults(func=run_index)
 
     s = sub.add_parser("search", help="hybrid (vector + lexical) search of the repository's index")
     s.add_argument("query", help='the query, or "-" to read one query per line from stdin (JSON lines out)')
+    s.add_argument("repo_path", nargs="?", default=None, metavar="PATH", help="repository (default: .)")
     s.add_argument("--k", type=int, default=8, metavar="N", help="results per query (default 8)")
     s.add_argument("--path", default=None, metavar="GLOB", help='only paths matching GLOB ("src/**", "*.py")')
     s.add_argument("--lang", default=None, metavar="L", help="only chunks of language L (python, go, ...)")
     s.add_argument("--mode", choices=("hybrid", "vector", "lexical"), default="hybrid", help="ranking signal")
-    s.add_argument("--repo", default=".", metavar="PATH", help="repository (default: .)")
+    s.add_argument("--repo", default=None, metavar="PATH", help="the same as PATH")
     s.add_argument("--no-update", action="store_true", help="search the index as it is (no refresh first)")
     s.add_argument("--json", action="store_true", help="print one JSON object")
     s.set_defaults(func=run_search)
 
 
-def _open(repo: str) -> Index:
+def repo_arg(args: argparse.Namespace) -> str:
+    """The repository from PATH or --repo (both may be given only if they agree)."""
+    if args.repo_path is not None and args.repo is not None and args.repo_path != args.repo:
+        given = f"PATH {args.repo_path!r} and --repo {args.repo!r}"
+        raise UsageError(f"two repositories given: {given}; give one")
+    return args.repo_path or args.repo or "."
+
+
+def _open(args: argparse.Namespace) -> Index:
     from indexer import Index
 
-    return Index.open(repo)
+    return Index.open(repo_arg(args))
+
+
+def _progress(ix: Index, quiet: bool) -> TerminalProgress:
+    from workbench.index_progress import TerminalProgress
+
+    return TerminalProgress(f"indexing {ix.root}", quiet=quiet)
 
 
 def run_index(args: argparse.Namespace) -> int:
-    ix = _open(args.repo)
+    ix = _open(args)
     if args.status:
         status = {"repo": str(ix.root), "index": ix.id, "model": ix.model_id, **ix.status()}
         print(json.dumps(status) if args.json else "\n".join(f"{k}: {v}" for k, v in status.items()))
         return 0
-    stats = ix.update()
+    ix.check_root(confirm=args.yes)
+    if args.watch:
+        return _watch(ix, args.json)
+    show = _progress(ix, quiet=args.json)
+    try:
+        stats = ix.update(progress=show, confirm=True)
+    finally:
+        show.clear()
     _print_stats(ix, stats, args.json)
-    if not args.watch:
-        return 0
-    return _watch(ix, args.json)
+    return 0
 
 
 def _watch(ix: Index, as_json: bool) -> int:
+    """The first pass runs in the watcher, whose observer starts before it: an edit made during that
+    pass is queued and applied right after it, never lost."""
     from indexer.watch import Watcher
 
-    watcher = Watcher(ix, initial_update=False, on_update=lambda st: _print_stats(ix, st, as_json))
+    show = _progress(ix, quiet=as_json)
+
+    def updated(stats: UpdateStats) -> None:
+        show.clear()
+        _print_stats(ix, stats, as_json)
+
+    watcher = Watcher(ix, on_update=updated, progress=show, confirm=True)
     watcher.start()
     if not as_json:
         print(f"watching {ix.root} (Ctrl-C to stop)", file=sys.stderr)
@@ -70,6 +104,7 @@ def _watch(ix: Index, as_json: bool) -> int:
         pass
     finally:
         watcher.stop()
+        show.clear()
     return 0
 
 
@@ -89,9 +124,13 @@ def _print_stats(ix: Index, stats: UpdateStats, as_json: bool) -> None:
 def run_search(args: argparse.Namespace) -> int:
     if args.k <= 0:
         raise UsageError(f"--k must be positive, got {args.k}")
-    ix = _open(args.repo)
+    ix = _open(args)
     if not args.no_update:
-        stats = ix.update()
+        show = _progress(ix, quiet=args.json or args.query == "-")
+        try:
+            stats = ix.update(progress=show)
+        finally:
+            show.clear()
         if stats.files_changed or stats.files_removed:
             print(f"index refreshed: {stats.files_changed} files changed, {stats.files_removed} removed "
                   f"({stats.seconds:.1f} s)", file=sys.stderr)  # fmt: skip
