@@ -130,3 +130,18 @@ class ByteLevelTokenizer:
 
     def decode(self, ids: list[int]) -> str:
         return self._tok.decode(ids)
+
+
+def write_many(root: Path, n: int) -> Path:
+    """`n` small Python files of two functions each (distinct texts: nothing is shared between files),
+    enough for a pass that lasts seconds."""
+    for i in range(n):
+        path = root / f"pkg{i % 10}" / f"mod_{i}.py"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(
+            f'def handler_{i}(request):\n    """Handle request number {i}."""\n'
+            f"    return request.value * {i} + {i * 7}\n\n\n"
+            f"def helper_{i}(x):\n    return [x] * {i % 5 + 1}\n",
+            encoding="utf-8",
+        )
+    return root
