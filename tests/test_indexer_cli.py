@@ -93,3 +93,34 @@ def test_index_watch_prints_one_json_line_per_update_and_stops_on_ctrl_c(repo: P
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_the_repository_is_a_positional_path_as_git_and_rg_take_it(
+    repo: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(repo)
+    assert main(["index", ".", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["files_changed"] == 6
+    monkeypatch.chdir(repo.parent)
+    assert main(["search", "computeChecksum", str(repo), "--k", "1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["hits"][0]["path"] == "cmd/main.go"
+    assert main(["index", str(repo), "--repo", str(repo.parent)]) == 2
+    assert "two repositories given" in capsys.readouterr().err
+
+
+def test_a_home_directory_is_indexed_only_when_confirmed(
+    tmp_path: Path, redis_client: redis.Redis, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    home = write_repo(tmp_path / "home")
+    monkeypatch.setenv("HOME", str(home))
+    assert main(["index", str(home)]) == 2
+    err = capsys.readouterr().err
+    assert "is your home directory: indexing it would read 6 files" in err and "--yes" in err
+    assert main(["search", "fibonacci", "--repo", str(home)]) == 2  # a search would index it too
+    capsys.readouterr()
+    assert main(["index", str(home), "--yes", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["files_changed"] == 6
+    assert main(["search", "fibonacci", str(home), "--json"]) == 0  # indexed once: confirmed
+    assert main(["index", "/"]) == 2
+    assert "is the filesystem root" in capsys.readouterr().err

@@ -124,3 +124,30 @@ def test_ignored_paths_and_git_internals_never_enter(watched: tuple[Index, Watch
     assert wait_for(lambda: "app/visible.py" in ix.store.manifests())
     assert wait_for(in_sync(ix))
     assert not any(p.startswith((".git", "secret")) or p.endswith(".log") for p in ix.store.manifests())
+
+
+def test_a_file_written_during_the_first_pass_is_indexed_after_it(
+    tmp_path: Path, redis_client: redis.Redis
+) -> None:
+    from indexer.progress import Progress
+    from tests.indexer_support import write_many
+
+    repo = write_many(tmp_path / "repo", 40)
+    ix = Index.open(repo, redis_client, encoder=shared_encoder())
+    written: list[str] = []
+
+    def mid_pass(p: Progress) -> None:
+        # The scan is over once embedding starts: these edits can only arrive as watch events.
+        if p.phase == "embedding" and not written:
+            (repo / "late.py").write_text("def written_mid_pass():\n    return 1\n")
+            (repo / "pkg0" / "mod_0.py").write_text("def rewritten_mid_pass():\n    return 2\n")
+            written.append("late.py")
+
+    watcher = Watcher(ix, debounce=0.05, progress=mid_pass).start()
+    try:
+        assert watcher.wait_idle(60) and written
+        assert wait_for(in_sync(ix))
+        assert ix.search("written_mid_pass", k=1, mode="lexical")[0].path == "late.py"
+        assert ix.search("rewritten_mid_pass", k=1, mode="lexical")[0].path == "pkg0/mod_0.py"
+    finally:
+        watcher.stop()
