@@ -9,7 +9,8 @@ import time
 import numpy as np
 import pytest
 
-from engine.blocktiers import MemoryTier
+from kvstore.space import space_of
+from kvstore.tiers import MemoryTier
 from tests.kv_helpers import BS, history, save_history, store_with, tiny_model
 
 
@@ -38,7 +39,7 @@ def test_restore_is_all_or_nothing(model) -> None:
         real(*args)
 
     setattr(cache, method, failing_on_the_third_block)
-    res = store.restore(model, cache, ids)
+    res = store.restore(space_of(model), cache, ids)
     assert res.cached_tokens == 0 and res.by_tier == {} and calls["n"] == 3
     assert cache.offset == BS
     after = cache.export(0, BS)
@@ -72,7 +73,7 @@ def test_restore_returns_only_after_every_reader_is_done_writing(model) -> None:
                 writing[0] -= 1
 
     cache.write = write
-    res = store.restore(model, cache, ids)
+    res = store.restore(space_of(model), cache, ids)
     assert writing[0] == 0  # nobody writes into the cache any more
     assert next_block_started.is_set() and res.cached_tokens == 0 and cache.offset == 0
 
@@ -82,10 +83,10 @@ def test_a_bad_block_mid_run_keeps_the_blocks_before_it_in_a_parallel_filled_cac
     tier = MemoryTier()
     store = store_with([tier])
     save_history(model, store, ids)
-    third = store.session_keys(model, ids)[2]
+    third = store.session_keys(space_of(model), ids)[2]
     tier.put(third, b"WBKV" + bytes(64))  # corrupt: dropped, the run stops before it
     cache = model.make_cache()
-    res = store.restore(model, cache, ids)
+    res = store.restore(space_of(model), cache, ids)
     assert res.cached_tokens == 2 * BS and cache.offset == 2 * BS and res.dropped == 1
     fresh = model.make_cache()
     model.forward(ids[: 2 * BS], fresh)
@@ -106,5 +107,5 @@ def test_restore_asks_a_cache_that_can_reserve_for_room_once(model) -> None:
         real_reserve(n)
 
     cache.reserve = reserve
-    assert store.restore(model, cache, ids).cached_tokens == len(ids)
+    assert store.restore(space_of(model), cache, ids).cached_tokens == len(ids)
     assert asked == [3 * BS + BS]
