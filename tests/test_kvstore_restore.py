@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from kvstore.space import space_of
+from kvstore.store import APPEND_HEADROOM
 from kvstore.tiers import MemoryTier
 from tests.kv_helpers import BS, history, save_history, store_with, tiny_model
 
@@ -108,4 +109,18 @@ def test_restore_asks_a_cache_that_can_reserve_for_room_once(model) -> None:
 
     cache.reserve = reserve
     assert store.restore(space_of(model), cache, ids).cached_tokens == len(ids)
-    assert asked == [3 * BS + BS]
+    assert asked == [len(ids) + APPEND_HEADROOM]  # the prompt, then room for what follows it
+
+
+def test_tokens_appended_after_a_restore_never_regrow_the_cache(model) -> None:
+    store = store_with([MemoryTier()])
+    ids = history(3 * BS)
+    save_history(model, store, ids)
+    cache = model.make_cache()
+    prompt = [*ids, *history(BS + 2, seed=5)]  # more new tokens than the block of room restores used to leave
+    assert store.restore(space_of(model), cache, prompt).cached_tokens == len(ids)
+    arrays = [id(k) for k in cache.keys]
+    model.forward(prompt[len(ids) :], cache)
+    for token in history(64, seed=6):  # a reply, one token at a time
+        model.forward([token], cache)
+    assert [id(k) for k in cache.keys] == arrays  # nothing reallocated, nothing copied to grow
