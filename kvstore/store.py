@@ -33,10 +33,10 @@ log = logging.getLogger(__name__)
 
 DEFAULT_BLOCK_SIZE = 64  # chosen by bench/kv_bench.py --block-sizes; see docs/benchmarks.md "KV blocks"
 _LOOKAHEAD = 3  # blocks fetched and verified ahead of the one being loaded into the cache
-# Positions reserved beyond the prompt when a restore allocates the cache: the new tokens and the reply
-# then append without regrowing it. With one block of room, a resumed 6,080-token history that got 66
-# new tokens doubled its cache mid-prefill, copying 1.3 GB into fresh memory: 5.7 s of an 8.3 s prefill
-# (bench/resume_profile.py). Reserved memory that is never written is never touched, so it costs nothing.
+# Positions a restore asks its cache to add when it allocates afresh (KVCache.reserve's headroom): the
+# new tokens and the reply then append without regrowing it. With one block of room, a resumed
+# 6,080-token history given 66 new tokens doubled its cache mid-prefill, copying 1.3 GB into fresh
+# memory: 5.7 s of an 8.3 s prefill (bench/resume_profile.py). Room never written is never touched.
 APPEND_HEADROOM = 4096
 
 
@@ -198,7 +198,7 @@ class BlockStore:
             run.append((key, holders))
         reserve = getattr(cache, "reserve", None)
         if run and reserve is not None:  # one allocation instead of doublings while blocks arrive
-            reserve(max(cache.offset + len(run) * self.block_size, total) + APPEND_HEADROOM)
+            reserve(max(cache.offset + (len(run) + 1) * self.block_size, total), headroom=APPEND_HEADROOM)
         # A cache that takes writes from several threads is filled by the reader threads themselves
         # (converting float16/int8 blocks on the way): the copy into the cache then runs beside the
         # reads instead of after them on this thread. Its length grows block by block, in order, once

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 from kvstore.space import space_of
-from kvstore.store import APPEND_HEADROOM
 from kvstore.tiers import MemoryTier
 from tests.kv_helpers import BS, history, save_history, store_with, tiny_model
 
@@ -103,13 +102,13 @@ def test_restore_asks_a_cache_that_can_reserve_for_room_once(model) -> None:
     asked: list[int] = []
     real_reserve = cache.reserve
 
-    def reserve(n: int) -> None:  # a cache offering reserve(n_positions) gets one call before the blocks
+    def reserve(n: int, headroom: int = 0) -> None:  # one call, before the blocks
         asked.append(n)
-        real_reserve(n)
+        real_reserve(n, headroom)
 
     cache.reserve = reserve
     assert store.restore(space_of(model), cache, ids).cached_tokens == len(ids)
-    assert asked == [len(ids) + APPEND_HEADROOM]  # the prompt, then room for what follows it
+    assert asked == [3 * BS + BS]
 
 
 def test_tokens_appended_after_a_restore_never_regrow_the_cache(model) -> None:
