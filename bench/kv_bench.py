@@ -35,9 +35,10 @@ from bench.kv_quality import dtype_agreement
 from bench.kv_report import HEADING, render
 from bench.private_redis import start_redis
 from bench.report import worker_result, write_section
-from engine.blocks import DEFAULT_BLOCK_SIZE, BlockStore
-from engine.blocktiers import DiskTier
-from sessions.kv_redis import BLOCK_PREFIX, RedisTier
+from kvstore.space import space_of
+from kvstore.store import DEFAULT_BLOCK_SIZE, BlockStore
+from kvstore.tiers import DiskTier
+from kvstore.tiers.redis import BLOCK_PREFIX, RedisTier
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_DOC = ROOT / "docs" / "benchmarks.md"
@@ -97,7 +98,7 @@ def resume(model: Any, store: BlockStore, ids: list[int], expect_logits: np.ndar
         if disk is not None and not ARGS.keep_page_cache:
             disk.drop_page_cache()
         cache = model.make_cache()
-        res = store.restore(model, cache, ids)
+        res = store.restore(space_of(model), cache, ids)
         del cache
         if res.cached_tokens != len(ids) or res.last_logits is None:
             raise RuntimeError(f"resume restored {res.cached_tokens} of {len(ids)} tokens")
@@ -130,7 +131,7 @@ def new_process_worker(model_dir: str, kv_dir: str, n: str, dtype: str, bs: str)
     disk.drop_page_cache()
     store = BlockStore([disk], block_size=int(bs), dtype=dtype)
     ids = prompt_ids(int(n), QWEN3_06B["vocab_size"])  # the history the parent saved: its longest
-    res = store.restore(model, model.make_cache(), ids)
+    res = store.restore(space_of(model), model.make_cache(), ids)
     if res.cached_tokens != len(ids):
         raise RuntimeError(f"new-process resume restored {res.cached_tokens} of {len(ids)} tokens")
     print(json.dumps({"load_s": load_s, "restore_s": res.restore_s, "bytes": res.bytes_read}))
@@ -149,7 +150,7 @@ def run_tier(
     store = BlockStore([tier], block_size=bs, dtype=dtype)
     t0 = time.perf_counter()
     for n in sorted(logits):
-        store.save(model, cache, ids[:n], logits[n])
+        store.save(space_of(model), cache, ids[:n], logits[n])
     store.flush()
     out: dict[str, Any] = {"save_s": time.perf_counter() - t0, "resume": {}}
     for n in sorted(logits):
@@ -160,7 +161,7 @@ def run_tier(
         print(
             f"  {tier.name} {dtype} bs={bs} {max(logits)} in a new process: {out['new_process']}", flush=True
         )
-    keys = store.session_keys(model, ids[: max(logits)])[:-1]
+    keys = store.session_keys(space_of(model), ids[: max(logits)])[:-1]
     if isinstance(tier, DiskTier):
         out["raw_gbs"] = raw_disk_gbs(tier, keys)
     else:

@@ -12,8 +12,9 @@ from typing import Any
 
 import numpy as np
 
-from engine.blocks import BlockStore
-from engine.blocktiers import MemoryTier
+from kvstore.space import space_of
+from kvstore.store import BlockStore
+from kvstore.tiers import MemoryTier
 
 
 def _greedy(model: Any, cache: Any, logits: np.ndarray, n: int) -> tuple[list[int], list[np.ndarray]]:
@@ -34,15 +35,15 @@ def dtype_agreement(model: Any, ids: list[int], dtype: str, n: int = 256, block_
     ref_cache = model.make_cache()
     last = model.forward(ids, ref_cache)
     store = BlockStore([MemoryTier(1 << 40)], block_size=block_size, dtype=dtype)
-    store.save(model, ref_cache, ids, last)
+    store.save(space_of(model), ref_cache, ids, last)
     store.flush()
     q_cache = model.make_cache()
-    res = store.restore(model, q_cache, ids)
+    res = store.restore(space_of(model), q_cache, ids)
     if res.cached_tokens != len(ids):
         raise RuntimeError(f"restored {res.cached_tokens} of {len(ids)} tokens")
     ref_tokens, ref_logits = _greedy(model, ref_cache, last, n)
     free_cache = model.make_cache()
-    store.restore(model, free_cache, ids)
+    store.restore(space_of(model), free_cache, ids)
     q_tokens, _ = _greedy(model, free_cache, res.last_logits, n)
     first_divergence = next(
         (i for i, (a, b) in enumerate(zip(ref_tokens, q_tokens, strict=True)) if a != b), n

@@ -53,13 +53,13 @@ class KVCache:
         keys = self.keys[layer]
         return 0 if keys is None else keys.shape[1]
 
-    def _reserve(self, layer: int, needed: int) -> None:
+    def _reserve(self, layer: int, needed: int, headroom: int = 0) -> None:
         capacity = self.capacity(layer)
         if needed <= capacity:
             return
         new_capacity = max(needed, 2 * capacity, self.step)
         new_capacity = -(-new_capacity // self.step) * self.step
-        keys, values = self._allocate(new_capacity), self._allocate(new_capacity)
+        keys, values = self._allocate(new_capacity, headroom), self._allocate(new_capacity, headroom)
         length = self.lengths[layer]
         if length:
             keys[:, :length] = self.keys[layer][:, :length]
@@ -69,16 +69,20 @@ class KVCache:
         if self.pool is not None:
             self.pool.give(outgrown)
 
-    def _allocate(self, capacity: int) -> Any:
+    def _allocate(self, capacity: int, headroom: int = 0) -> Any:
         if self.pool is not None:
-            return self.pool.take(self.n_kv_heads, capacity, self.head_dim, self.dtype)
+            fresh = -(-(capacity + headroom) // self.step) * self.step
+            return self.pool.take(self.n_kv_heads, capacity, self.head_dim, self.dtype, fresh)
         return self.ops.empty((self.n_kv_heads, capacity, self.head_dim), self.dtype)
 
-    def reserve(self, n: int) -> None:
+    def reserve(self, n: int, headroom: int = 0) -> None:
         """Room for `n` positions in every layer in one allocation: a restore knows its size up front,
-        and growing by doubling while blocks arrive would copy and fault in memory several times."""
+        and growing by doubling while blocks arrive would copy and fault in memory several times.
+        `headroom`: positions more, when the room has to be allocated afresh anyway (untouched pages
+        cost nothing), so the tokens that follow a restore append without regrowing the cache; arrays
+        the pool keeps are still preferred, as their pages are already mapped."""
         for layer in range(self.n_layers):
-            self._reserve(layer, n)
+            self._reserve(layer, n, headroom)
 
     def update_and_fetch(self, layer: int, k: Any, v: Any) -> tuple[Any, Any]:
         """Append k, v [n_kv_heads, T, head_dim] to `layer`; return all of its keys and values so far."""

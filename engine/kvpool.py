@@ -61,9 +61,12 @@ class ArrayPool:
             self._settle()
             return self._in_use_bytes
 
-    def take(self, heads: int, capacity: int, head_dim: int, dtype: str) -> np.ndarray:
+    def take(
+        self, heads: int, capacity: int, head_dim: int, dtype: str, fresh_capacity: int = 0
+    ) -> np.ndarray:
         """A [heads, >= capacity, head_dim] array (contents undefined): the smallest kept one that fits,
-        else a new one of exactly `capacity`."""
+        else a new one of max(capacity, fresh_capacity) positions (room a fresh array gets for free:
+        its pages are only touched when written)."""
         kind = (np.dtype(dtype), heads, head_dim)
         with self._lock:
             self._settle()
@@ -73,7 +76,7 @@ class ArrayPool:
                 self._kept = [a for a in self._kept if a is not array]
                 self._kept_bytes -= array.nbytes
         if array is None:  # allocate outside the lock: it may take a while
-            array = self._allocate((heads, capacity, head_dim), dtype)
+            array = self._allocate((heads, max(capacity, fresh_capacity), head_dim), dtype)
         with self._lock:
             if not fits:
                 self.allocations += 1

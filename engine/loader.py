@@ -6,6 +6,8 @@ import hashlib
 import importlib
 import json
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 from engine.backends import get_backend
 from engine.errors import ModelFormatError, UnsupportedArchitectureError
@@ -91,16 +93,25 @@ def fingerprint(directory: Path, config: dict, checkpoint: Checkpoint, kv_dtype:
     return result
 
 
-def load_model(path_or_id: str | Path, backend: str | None = None) -> Model:
-    """Load a Qwen3 / Qwen2 / Llama checkpoint (plain or MLX-quantized) onto the numpy or mlx backend."""
+def model_args(path_or_id: str | Path) -> Any:
+    """The architecture's ModelArgs of a model (layers, heads, ...), without reading its weights."""
+    return _architecture(path_or_id)[3]
+
+
+def _architecture(path_or_id: str | Path) -> tuple[Path, dict, ModuleType, Any]:
     directory = resolve_path(path_or_id)
     config = read_config(directory)
     config_path = directory / "config.json"
     module = importlib.import_module(f"engine.models.{architecture_of(config, config_path)}")
     try:
-        args = module.ModelArgs.from_dict(config)
+        return directory, config, module, module.ModelArgs.from_dict(config)
     except TypeError as exc:
         raise ModelFormatError(f"{config_path}: incomplete config ({exc})") from exc
+
+
+def load_model(path_or_id: str | Path, backend: str | None = None) -> Model:
+    """Load a Qwen3 / Qwen2 / Llama checkpoint (plain or MLX-quantized) onto the numpy or mlx backend."""
+    directory, config, module, args = _architecture(path_or_id)
     ops = get_backend(backend)
     checkpoint = Checkpoint(directory)
     try:

@@ -98,8 +98,11 @@ def finish_turn(state: TurnState) -> Result:
     )
     if state.blocks is not None and history:  # (None after a failure, empty if nothing was computed)
         try:
-            state.blocks.save(state.model, state.cache, history)
-            state.blocks.pin(s.id, state.model, history)
+            from kvstore import space_of
+
+            space = space_of(state.model)
+            state.blocks.save(space, state.cache, history)
+            state.blocks.pin(s.id, space, history)
         except Exception as exc:  # the reply is worth more than its cache: record it regardless
             log.warning("session %s: KV blocks not saved (%s)", s.id, exc)
     model = state.model

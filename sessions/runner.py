@@ -248,7 +248,7 @@ def session_event(state: TurnState) -> SessionStarted:
 
 def restore(state: TurnState) -> None:
     """Restore what the block store holds of the prompt into a fresh cache; report it."""
-    from engine.blocks import RestoreResult
+    from kvstore import RestoreResult, space_of
 
     s, prompt_ids = state.session, state.fitted.token_ids
     state.cache = state.model.make_cache()
@@ -262,7 +262,7 @@ def restore(state: TurnState) -> None:
         state.blocks.flush()
         h = s.history
         history_len = len(h) if h and prompt_ids[: len(h)] == h else None
-        state.restored = state.blocks.restore(state.model, state.cache, prompt_ids, history_len)
+        state.restored = state.blocks.restore(space_of(state.model), state.cache, prompt_ids, history_len)
     r = state.restored
     state.job.turn.emit(
         CacheStats(

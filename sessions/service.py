@@ -21,7 +21,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from types import SimpleNamespace
 from typing import Any, Literal, TypeVar
 
 import redis
@@ -199,7 +198,7 @@ class SessionService:
             if not self._blocks_tried:
                 self._blocks_tried = True
                 try:
-                    from sessions.kv_redis import open_block_store
+                    from kvstore.open import open_block_store
 
                     self._blocks = open_block_store(self.r)
                     self._owns_blocks = True
@@ -301,10 +300,12 @@ class SessionService:
         if blocks is None or not child.history:
             return
         from engine.errors import EngineError
-        from engine.loader import resolve_path
+        from engine.loader import model_args, resolve_path
+        from kvstore import BlockSpace, weights_identity
 
         try:
             path = resolve_path(child.model)
+            args = model_args(path)
         except EngineError as exc:
             log.warning(
                 "fork %s: its KV blocks are not pinned, model %r is unavailable (%s)",
@@ -314,11 +315,11 @@ class SessionService:
             )
             return
         # Block keys depend on the model's fingerprint, KV dtype and weights (read from `path`), not on
-        # a loaded network: a stand-in with those attributes names the same keys.
-        stand_in = SimpleNamespace(
-            fingerprint=child.history_fingerprint, kv_dtype=child.history_dtype, path=path, name=child.model
-        )
-        blocks.pin(child.id, stand_in, child.history)
+        # a loaded network: the session recorded the first two with its history.
+        identity = weights_identity(child.history_fingerprint, path)
+        space = BlockSpace(identity, child.history_dtype, args.num_hidden_layers, args.num_key_value_heads,
+                           args.head_dim)  # fmt: skip
+        blocks.pin(child.id, space, child.history)
 
     def delete(self, id_or_prefix: str) -> str:
         """Remove a session and unpin its KV blocks (blocks other sessions share stay pinned by them)."""

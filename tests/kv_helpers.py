@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.blocks import BlockStore
+from kvstore.space import space_of
+from kvstore.store import BlockStore
 
 BS = 16  # block size of the tests: small, so short histories span several blocks
 MAX_POSITIONS = 1024
@@ -31,7 +32,7 @@ def save_history(model, store: BlockStore, ids: list[int], with_logits: bool = T
     """Prefill `ids` and save them (complete blocks, plus a tail record with the last logits)."""
     cache = model.make_cache()
     last = model.forward(ids, cache)
-    store.save(model, cache, ids, last if with_logits else None)
+    store.save(space_of(model), cache, ids, last if with_logits else None)
     store.flush()
     return last
 
@@ -80,13 +81,13 @@ def reference(model, ids: list[int], n: int) -> tuple[np.ndarray, list[int], lis
 
 
 def _resume(model_dir: str, ids_json: str) -> None:
-    from sessions.kv_redis import open_block_store
+    from kvstore.open import open_block_store
 
     model = load(Path(model_dir))
     ids = json.loads(ids_json)
     store = open_block_store()
     cache = model.make_cache()
-    res = store.restore(model, cache, ids)
+    res = store.restore(space_of(model), cache, ids)
     last = res.last_logits if res.last_logits is not None else model.forward(ids[cache.offset :], cache)
     tokens, _ = greedy(model, cache, last, 12)
     print(json.dumps({"cached_tokens": res.cached_tokens, "by_tier": res.by_tier, "tokens": tokens}))

@@ -7,7 +7,7 @@ import json
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from engine.blocks import BlockStore
+    from kvstore import BlockStore
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -33,11 +33,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _store() -> BlockStore:
-    from sessions.kv_redis import open_block_store
+    from kvstore.open import open_block_store
 
-    store = open_block_store()
-    store.tiers = [t for t in store.tiers if t.name != "memory"]  # this process's memory holds nothing
-    return store
+    return open_block_store(shared_only=True)  # this process's memory tier would hold nothing
 
 
 def _human(n: float) -> str:
@@ -49,18 +47,7 @@ def _human(n: float) -> str:
 
 
 def cache_stats() -> dict:
-    from sessions.kv_redis import RedisStats
-
-    store = _store()
-    counters = RedisStats(store.tiers[-1].client).read()
-    lookups = counters.get("lookup_tokens", 0)
-    return {
-        "block_size": store.block_size,
-        "tiers": {t.name: t.stats() for t in store.tiers},
-        "pinned_sessions": len(store.refs.sessions()) if store.refs is not None else 0,
-        "hit_rate": counters.get("hit_tokens", 0) / lookups if lookups else None,
-        "counters": counters,
-    }
+    return _store().stats()
 
 
 def run_stats(args: argparse.Namespace) -> int:
@@ -100,12 +87,7 @@ def run_gc(args: argparse.Namespace) -> int:
 
 
 def run_clear(args: argparse.Namespace) -> int:
-    from sessions.kv_redis import RedisStats
-
-    store = _store()
-    before = {t.name: t.stats()["blocks"] for t in store.tiers}
-    store.clear()
-    RedisStats(store.tiers[-1].client).reset()
+    before = _store().clear()
     if args.json:
         print(json.dumps({"removed": before}))
     else:

@@ -1,7 +1,8 @@
-"""Which blocks sessions still reference, so gc never removes a block another session shares.
+"""Which blocks their holders still reference, so gc never removes a block another holder shares.
 
-A session pins the chain of its history (every complete block's key plus its tail record). gc keeps every
-pinned key in every tier; a removed session unpins, which releases only keys no other pin names.
+A holder (for Workbench, a session) pins the chain of its history (every complete block's key plus its
+tail record). gc keeps every pinned key in every tier; a removed holder unpins, which releases only keys
+no other pin names.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 
 
 class FileRefs:
-    """Pins as files `root/<digest of session id>.pin`: the session id on line one, then one key per line.
+    """Pins as files `root/<digest of holder>.pin`: the holder's name on line one, then one key per line.
 
     Files (not process memory) so that every process on this machine sees the same pins, and each file is
     replaced atomically so a reader never sees half a pin list.
@@ -25,33 +26,33 @@ class FileRefs:
         self.root.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
 
-    def _path(self, session_id: str) -> Path:
-        return self.root / f"{hashlib.blake2b(session_id.encode(), digest_size=16).hexdigest()}.pin"
+    def _path(self, holder: str) -> Path:
+        return self.root / f"{hashlib.blake2b(holder.encode(), digest_size=16).hexdigest()}.pin"
 
-    def set(self, session_id: str, keys: list[str]) -> None:
-        path = self._path(session_id)
+    def set(self, holder: str, keys: list[str]) -> None:
+        path = self._path(holder)
         tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
         with self._lock:
             with open(tmp, "w", encoding="utf-8") as f:
-                f.write(session_id + "\n" + "".join(k + "\n" for k in keys))
+                f.write(holder + "\n" + "".join(k + "\n" for k in keys))
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
 
-    def remove(self, session_id: str) -> bool:
+    def remove(self, holder: str) -> bool:
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(self._path(session_id))
+            os.unlink(self._path(holder))
             return True
         return False
 
-    def keys_of(self, session_id: str) -> list[str]:
+    def keys_of(self, holder: str) -> list[str]:
         try:
-            lines = self._path(session_id).read_text(encoding="utf-8").splitlines()
+            lines = self._path(holder).read_text(encoding="utf-8").splitlines()
         except FileNotFoundError:
             return []
         return lines[1:]
 
-    def sessions(self) -> list[str]:
+    def holders(self) -> list[str]:
         out = []
         for path in self.root.glob("*.pin"):
             with contextlib.suppress(FileNotFoundError), open(path, encoding="utf-8") as f:

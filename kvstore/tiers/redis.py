@@ -1,4 +1,4 @@
-"""The Redis tier of the KV block store, its shared counters, and the store as Workbench wires it.
+"""The Redis tier of the KV block store and the hit/miss counters every process shares.
 
 Blocks are binary values `wb:kv:<key hex>` with a TTL: they are the only keys (besides leases) that carry
 one, so the server's `volatile-lru` under `maxmemory` evicts blocks and nothing else. Hit/miss counters
@@ -8,21 +8,13 @@ live in the hash `wb:kvstat:counters` (no TTL) so every process adds to the same
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import TypeVar
 
 import redis
 
 from core import redis_server
-from core.env import env_int
-from core.errors import UsageError
-from core.paths import data_dir
-from engine.blockrefs import FileRefs
-from engine.blocks import DEFAULT_BLOCK_SIZE, BlockStore
-from engine.blocktiers import DiskTier, MemoryTier
 
 BLOCK_PREFIX = b"wb:kv:"
 STATS_KEY = b"wb:kvstat:counters"
@@ -39,7 +31,7 @@ class RedisTierDown(ConnectionError):
 
 
 class RedisTier:
-    """`engine.blocks.BlockTier` over Redis. A read refreshes the TTL (GETEX), so hot blocks stay."""
+    """`kvstore.store.BlockTier` over Redis. A read refreshes the TTL (GETEX), so hot blocks stay."""
 
     name = "redis"
 
@@ -117,7 +109,7 @@ class RedisTier:
 
 
 class RedisStats:
-    """`engine.blocks.StatsSink`: counters shared by every process in `wb:kvstat:counters`."""
+    """`kvstore.store.StatsSink`: counters shared by every process in `wb:kvstat:counters`."""
 
     def __init__(self, client: redis.Redis | None = None) -> None:
         self.client = client if client is not None else redis_server.connect()
@@ -133,41 +125,3 @@ class RedisStats:
 
     def reset(self) -> None:
         self.client.delete(STATS_KEY)
-
-
-def kv_dir() -> Path:
-    return data_dir() / "kv"
-
-
-def open_block_store(
-    client: redis.Redis | None = None,
-    *,
-    block_size: int | None = None,
-    dtype: str | None = None,
-    memory_mb: int | None = None,
-    disk_mb: int | None = None,
-    ttl_s: int = DEFAULT_TTL_S,
-) -> BlockStore:
-    """The store as Workbench uses it: memory -> disk (data_dir/kv) -> Redis, pins in data_dir/kv/refs.
-
-    Unset arguments come from WORKBENCH_KV_BLOCK_SIZE, WORKBENCH_KV_DTYPE (float32|float16|int8; unset:
-    the engine's KV dtype), WORKBENCH_KV_MEMORY_MB (512) and WORKBENCH_KV_DISK_MB (16384).
-    """
-    client = client if client is not None else redis_server.connect()
-    root = kv_dir()
-    dtype = dtype or os.environ.get("WORKBENCH_KV_DTYPE") or None
-    tiers = [
-        MemoryTier((memory_mb or env_int("WORKBENCH_KV_MEMORY_MB", 512)) << 20),
-        DiskTier(root, (disk_mb or env_int("WORKBENCH_KV_DISK_MB", 16384)) << 20),
-        RedisTier(client, ttl_s),
-    ]
-    try:
-        return BlockStore(
-            tiers,
-            block_size=block_size or env_int("WORKBENCH_KV_BLOCK_SIZE", DEFAULT_BLOCK_SIZE),
-            dtype=dtype,
-            refs=FileRefs(root / "refs"),
-            stats_sink=RedisStats(client),
-        )
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None

@@ -1,6 +1,6 @@
 """Prefill once: a sequence's KV cache cut into content-addressed token blocks, kept in tiers.
 
-Block i of a history is keyed by a chain hash over (model fingerprint, storage dtype, block format version,
+Block i of a history is keyed by a chain hash over (model identity, storage dtype, block format version,
 key of block i-1, the block's token ids), so equal prefixes share blocks whatever session, fork or process
 made them, and a different model or dtype never sees them. Only complete blocks are stored as blocks; the
 rest of a saved history (0..block_size-1 tokens) plus the logits of its last position go in one *tail*
@@ -24,22 +24,20 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from engine.blockformat import (
-    DTYPES,
-    KIND_BLOCK,
-    KIND_TAIL,
-    BlockFormatError,
-    BlockShape,
-    DecodedBlock,
-    decode_block,
-)
-from engine.blockkeys import chain_keys, model_identity, storage_dtype, tail_key
-from engine.blockwriter import BlockWriter
+from kvstore.format import DTYPES, KIND_BLOCK, KIND_TAIL, BlockFormatError, DecodedBlock, decode_block
+from kvstore.keys import chain_keys, storage_dtype, tail_key
+from kvstore.space import BlockSpace
+from kvstore.writer import BlockWriter, EncodeJob, RawJob
 
 log = logging.getLogger(__name__)
 
 DEFAULT_BLOCK_SIZE = 64  # chosen by bench/kv_bench.py --block-sizes; see docs/benchmarks.md "KV blocks"
 _LOOKAHEAD = 3  # blocks fetched and verified ahead of the one being loaded into the cache
+# Positions a restore asks its cache to add when it allocates afresh (KVCache.reserve's headroom): the
+# new tokens and the reply then append without regrowing it. With one block of room, a resumed
+# 6,080-token history given 66 new tokens doubled its cache mid-prefill, copying 1.3 GB into fresh
+# memory: 5.7 s of an 8.3 s prefill (bench/resume_profile.py). Room never written is never touched.
+APPEND_HEADROOM = 4096
 
 
 class BlockTier(Protocol):
@@ -58,12 +56,17 @@ class StatsSink(Protocol):
     """Where hit/miss counters go besides this process (the Redis tier shares them between processes)."""
 
     def incr(self, counts: dict[str, int]) -> None: ...
+    def read(self) -> dict[str, int]: ...
+    def reset(self) -> None: ...
 
 
 class Refs(Protocol):
-    def set(self, session_id: str, keys: list[str]) -> None: ...
-    def remove(self, session_id: str) -> bool: ...
+    """Pins: which keys each holder (a session, for Workbench) still needs; gc keeps every pinned key."""
+
+    def set(self, holder: str, keys: list[str]) -> None: ...
+    def remove(self, holder: str) -> bool: ...
     def pinned(self) -> set[str]: ...
+    def holders(self) -> list[str]: ...
 
 
 @dataclass
@@ -75,11 +78,6 @@ class RestoreResult:
     last_logits: np.ndarray | None = None  # set when the cache now holds all of token_ids
     blocks: int = 0  # block and tail records loaded
     dropped: int = 0  # corrupt or mismatched copies deleted on the way
-
-
-def _shape(model: Any) -> BlockShape:
-    c = model.config
-    return BlockShape(model_identity(model), c.num_hidden_layers, c.num_key_value_heads, c.head_dim)
 
 
 class BlockStore:
@@ -109,7 +107,7 @@ class BlockStore:
 
     # -- restore ---------------------------------------------------------------------------------
     def restore(
-        self, model: Any, cache: Any, token_ids: list[int], history_len: int | None = None
+        self, space: BlockSpace, cache: Any, token_ids: list[int], history_len: int | None = None
     ) -> RestoreResult:
         """Extend `cache` (holding token_ids[:cache.offset], block-aligned) by the longest cached run.
 
@@ -121,11 +119,11 @@ class BlockStore:
         start = cache.offset
         if start % self.block_size or start > len(token_ids):
             return res
-        dtype = storage_dtype(model, self.dtype)
-        keys = chain_keys(model_identity(model), dtype, token_ids, self.block_size)
+        dtype = storage_dtype(space, self.dtype)
+        keys = chain_keys(space.identity, dtype, token_ids, self.block_size)
         first = start // self.block_size
         try:
-            self._load_blocks(model, cache, keys, first, res)
+            self._load_blocks(space, cache, keys, first, len(token_ids), res)
             pos, total = cache.offset, len(token_ids)
             parent = keys[pos // self.block_size - 1] if pos >= self.block_size else None
             for end in sorted({total, history_len or 0}, reverse=True):
@@ -133,8 +131,8 @@ class BlockStore:
                 # an empty tail is only worth reading for its logits.
                 if end > total or end // self.block_size * self.block_size != pos or (end == pos < total):
                     continue
-                tkey = tail_key(model_identity(model), dtype, parent, token_ids[pos:end])
-                if self._load_tail(model, cache, tkey, end, total, res):
+                tkey = tail_key(space.identity, dtype, parent, token_ids[pos:end])
+                if self._load_tail(space, cache, tkey, end, total, res):
                     break
         except Exception as exc:  # e.g. a cache that rejects the arrays: all or nothing
             log.warning("KV restore failed (%s: %s); the cache is left as it was", type(exc).__name__, exc)
@@ -159,7 +157,7 @@ class BlockStore:
                 out.append([False] * len(keys))
         return out
 
-    def _fetch(self, model: Any, key: str, kind: int, tiers: list[int]) -> tuple[tuple | None, int]:
+    def _fetch(self, space: BlockSpace, key: str, kind: int, tiers: list[int]) -> tuple[tuple | None, int]:
         """The first valid copy of `key` among `tiers` (indices) as ((tier index, bytes, block) | None,
         number of bad copies deleted on the way)."""
         dropped = 0
@@ -173,7 +171,7 @@ class BlockStore:
             if data is None:
                 continue
             try:
-                block = decode_block(data, bytes.fromhex(key), _shape(model), kind)
+                block = decode_block(data, bytes.fromhex(key), space, kind)
             except BlockFormatError as exc:
                 log.warning(
                     "KV block %s in tier %s dropped (%s); it will be recomputed", key[:16], tier.name, exc
@@ -188,7 +186,9 @@ class BlockStore:
             return (ti, len(data), block), dropped
         return None, dropped
 
-    def _load_blocks(self, model: Any, cache: Any, keys: list[str], first: int, res: RestoreResult) -> None:
+    def _load_blocks(
+        self, space: BlockSpace, cache: Any, keys: list[str], first: int, total: int, res: RestoreResult
+    ) -> None:
         presence = self._presence(keys[first:])
         run: list[tuple[str, list[int]]] = []
         for i, key in enumerate(keys[first:]):
@@ -198,13 +198,13 @@ class BlockStore:
             run.append((key, holders))
         reserve = getattr(cache, "reserve", None)
         if run and reserve is not None:  # one allocation instead of doublings while blocks arrive
-            reserve(cache.offset + len(run) * self.block_size + self.block_size)
+            reserve(max(cache.offset + (len(run) + 1) * self.block_size, total), headroom=APPEND_HEADROOM)
         # A cache that takes writes from several threads is filled by the reader threads themselves
         # (converting float16/int8 blocks on the way): the copy into the cache then runs beside the
         # reads instead of after them on this thread. Its length grows block by block, in order, once
         # each block is verified and written, so it never covers a block that is not there.
         base, parallel = cache.offset, bool(getattr(cache, "parallel_writes", False))
-        for i, (got, dropped) in enumerate(self._prefetched(model, run, cache if parallel else None)):
+        for i, (got, dropped) in enumerate(self._prefetched(space, run, cache if parallel else None)):
             res.dropped += dropped
             if got is None:  # every copy of this block was bad: the run ends here
                 break
@@ -212,16 +212,18 @@ class BlockStore:
             if parallel:
                 cache.commit(base + (i + 1) * self.block_size)
             else:
-                self._extend(model, cache, block)
+                self._extend(cache, block)
             self._account(res, ti, nbytes, block.n_tokens)
 
-    def _fetch_into(self, model: Any, key: str, holders: list[int], cache: Any, start: int) -> tuple:
-        got, dropped = self._fetch(model, key, KIND_BLOCK, holders)
+    def _fetch_into(self, space: BlockSpace, key: str, holders: list[int], cache: Any, start: int) -> tuple:
+        got, dropped = self._fetch(space, key, KIND_BLOCK, holders)
         if got is not None:
             cache.write(start, got[2].k, got[2].v)
         return got, dropped
 
-    def _prefetched(self, model: Any, run: list[tuple[str, list[int]]], fill: Any = None) -> Iterator[tuple]:
+    def _prefetched(
+        self, space: BlockSpace, run: list[tuple[str, list[int]]], fill: Any = None
+    ) -> Iterator[tuple]:
         """Fetch and verify blocks on reader threads, a few ahead of the caller, in order; with `fill`
         (a cache), the readers also write each block at its place in it."""
         # Futures leave the deque as their blocks are handed out: a finished future holds its block's
@@ -234,10 +236,10 @@ class BlockStore:
                 if i < len(run):
                     key, holders = run[i]
                     if fill is None:
-                        pending.append(self._readers.submit(self._fetch, model, key, KIND_BLOCK, holders))
+                        pending.append(self._readers.submit(self._fetch, space, key, KIND_BLOCK, holders))
                     else:
                         at = base + i * self.block_size
-                        pending.append(self._readers.submit(self._fetch_into, model, key, holders, fill, at))
+                        pending.append(self._readers.submit(self._fetch_into, space, key, holders, fill, at))
                 if i >= _LOOKAHEAD:
                     yield pending.popleft().result()
         finally:
@@ -246,21 +248,23 @@ class BlockStore:
             # A reader still writing into the cache must be done before the caller prefills there.
             wait(pending)
 
-    def _load_tail(self, model: Any, cache: Any, key: str, end: int, total: int, res: RestoreResult) -> bool:
-        got, dropped = self._fetch(model, key, KIND_TAIL, list(range(len(self.tiers))))
+    def _load_tail(
+        self, space: BlockSpace, cache: Any, key: str, end: int, total: int, res: RestoreResult
+    ) -> bool:
+        got, dropped = self._fetch(space, key, KIND_TAIL, list(range(len(self.tiers))))
         res.dropped += dropped
         if got is None:
             return False
         ti, nbytes, block = got
         if block.n_tokens:
-            self._extend(model, cache, block)
+            self._extend(cache, block)
         self._account(res, ti, nbytes, block.n_tokens)
         if end == total and block.logits is not None:
             res.last_logits = np.array(block.logits, dtype=np.float32)
         return True
 
     @staticmethod
-    def _extend(model: Any, cache: Any, block: DecodedBlock) -> None:
+    def _extend(cache: Any, block: DecodedBlock) -> None:
         # A float16 block goes in as is: the cache converts it layer by layer while copying.
         cache.extend(block.k, block.v)
 
@@ -280,11 +284,11 @@ class BlockStore:
             faster[0].put(key, data)
             faster = faster[1:]
         if faster:
-            self._writer.enqueue(("raw", key, data, [t for t in faster if self._writer.claim(t.name, key)]))
+            self._writer.enqueue(RawJob(key, data, [t for t in faster if self._writer.claim(t.name, key)]))
 
     # -- save ------------------------------------------------------------------------------------
     def save(
-        self, model: Any, cache: Any, token_ids: list[int], last_logits: np.ndarray | None = None
+        self, space: BlockSpace, cache: Any, token_ids: list[int], last_logits: np.ndarray | None = None
     ) -> None:
         """Queue the blocks of `token_ids` (held by `cache`) that some tier lacks, plus the tail record.
 
@@ -294,7 +298,7 @@ class BlockStore:
         n = min(len(token_ids), cache.offset)
         if n < len(token_ids):
             last_logits = None  # logits of a position the cache does not hold
-        dtype, identity = storage_dtype(model, self.dtype), model_identity(model)
+        dtype, identity = storage_dtype(space, self.dtype), space.identity
         keys = chain_keys(identity, dtype, token_ids[:n], self.block_size)
         tkey = tail_key(
             identity, dtype, keys[-1] if keys else None, token_ids[len(keys) * self.block_size : n]
@@ -312,7 +316,7 @@ class BlockStore:
             if targets:
                 k, v = cache.export(start, end)
                 logits = last_logits if kind == KIND_TAIL else None
-                self._writer.enqueue(("encode", key, kind, identity, dtype, k, v, logits, targets))
+                self._writer.enqueue(EncodeJob(key, kind, identity, dtype, k, v, logits, targets))
 
     def flush(self) -> None:
         """Wait until every queued write has reached its tiers."""
@@ -323,21 +327,22 @@ class BlockStore:
         self._readers.shutdown(wait=True)
 
     # -- references, gc, stats -------------------------------------------------------------------
-    def session_keys(self, model: Any, token_ids: list[int]) -> list[str]:
+    def session_keys(self, space: BlockSpace, token_ids: list[int]) -> list[str]:
         """Every key a saved history occupies: its complete blocks and its tail record."""
-        dtype = storage_dtype(model, self.dtype)
-        keys = chain_keys(model_identity(model), dtype, token_ids, self.block_size)
+        dtype = storage_dtype(space, self.dtype)
+        keys = chain_keys(space.identity, dtype, token_ids, self.block_size)
         pos = len(keys) * self.block_size
-        return [*keys, tail_key(model_identity(model), dtype, keys[-1] if keys else None, token_ids[pos:])]
+        return [*keys, tail_key(space.identity, dtype, keys[-1] if keys else None, token_ids[pos:])]
 
-    def pin(self, session_id: str, model: Any, token_ids: list[int]) -> None:
-        """Record that `session_id`'s history is `token_ids` (replacing its previous pin)."""
+    def pin(self, holder: str, space: BlockSpace, token_ids: list[int]) -> None:
+        """Record that `holder` (any name: Workbench uses session ids) needs the history `token_ids`,
+        replacing what it pinned before."""
         if self.refs is None:
-            raise RuntimeError("this BlockStore was made without refs; pass refs= to pin sessions")
-        self.refs.set(session_id, self.session_keys(model, token_ids))
+            raise RuntimeError("this BlockStore was made without refs; pass refs= to pin histories")
+        self.refs.set(holder, self.session_keys(space, token_ids))
 
-    def unpin(self, session_id: str) -> bool:
-        return self.refs.remove(session_id) if self.refs is not None else False
+    def unpin(self, holder: str) -> bool:
+        return self.refs.remove(holder) if self.refs is not None else False
 
     def gc(self, grace_s: float = 300.0) -> dict[str, int]:
         """Delete blocks that no pin names and that were idle >= grace_s, in every tier.
@@ -352,16 +357,35 @@ class BlockStore:
             removed[tier.name] = tier.delete(victims) if victims else 0
         return removed
 
-    def clear(self) -> None:
+    def clear(self) -> dict[str, int]:
+        """Delete every block in every tier and reset the counters; returns the blocks each tier held."""
         self.flush()
+        removed: dict[str, int] = {}
         for tier in self.tiers:
+            removed[tier.name] = tier.stats()["blocks"]
             tier.clear()
+        with self._count_lock:
+            self.counters.clear()
+        if self.stats_sink is not None:
+            self.stats_sink.reset()
+        return removed
 
     def stats(self) -> dict:
-        with self._count_lock:
-            counters = dict(self.counters)
-        return {"block_size": self.block_size, "tiers": {t.name: t.stats() for t in self.tiers},
-                "counters": counters}  # fmt: skip
+        """Blocks and bytes per tier, pinned holders, and hit counters: those every process shares
+        (the stats sink's) when there is a sink, else this process's."""
+        if self.stats_sink is not None:
+            counters = self.stats_sink.read()
+        else:
+            with self._count_lock:
+                counters = dict(self.counters)
+        lookups = counters.get("lookup_tokens", 0)
+        return {
+            "block_size": self.block_size,
+            "tiers": {t.name: t.stats() for t in self.tiers},
+            "pinned_sessions": len(self.refs.holders()) if self.refs is not None else 0,
+            "hit_rate": counters.get("hit_tokens", 0) / lookups if lookups else None,
+            "counters": counters,
+        }
 
     def _count(self, counts: dict[str, int]) -> None:
         counts = {k: v for k, v in counts.items() if v}

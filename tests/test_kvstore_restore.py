@@ -9,7 +9,8 @@ import time
 import numpy as np
 import pytest
 
-from engine.blocktiers import MemoryTier
+from kvstore.space import space_of
+from kvstore.tiers import MemoryTier
 from tests.kv_helpers import BS, history, save_history, store_with, tiny_model
 
 
@@ -38,7 +39,7 @@ def test_restore_is_all_or_nothing(model) -> None:
         real(*args)
 
     setattr(cache, method, failing_on_the_third_block)
-    res = store.restore(model, cache, ids)
+    res = store.restore(space_of(model), cache, ids)
     assert res.cached_tokens == 0 and res.by_tier == {} and calls["n"] == 3
     assert cache.offset == BS
     after = cache.export(0, BS)
@@ -72,7 +73,7 @@ def test_restore_returns_only_after_every_reader_is_done_writing(model) -> None:
                 writing[0] -= 1
 
     cache.write = write
-    res = store.restore(model, cache, ids)
+    res = store.restore(space_of(model), cache, ids)
     assert writing[0] == 0  # nobody writes into the cache any more
     assert next_block_started.is_set() and res.cached_tokens == 0 and cache.offset == 0
 
@@ -82,10 +83,10 @@ def test_a_bad_block_mid_run_keeps_the_blocks_before_it_in_a_parallel_filled_cac
     tier = MemoryTier()
     store = store_with([tier])
     save_history(model, store, ids)
-    third = store.session_keys(model, ids)[2]
+    third = store.session_keys(space_of(model), ids)[2]
     tier.put(third, b"WBKV" + bytes(64))  # corrupt: dropped, the run stops before it
     cache = model.make_cache()
-    res = store.restore(model, cache, ids)
+    res = store.restore(space_of(model), cache, ids)
     assert res.cached_tokens == 2 * BS and cache.offset == 2 * BS and res.dropped == 1
     fresh = model.make_cache()
     model.forward(ids[: 2 * BS], fresh)
@@ -101,10 +102,24 @@ def test_restore_asks_a_cache_that_can_reserve_for_room_once(model) -> None:
     asked: list[int] = []
     real_reserve = cache.reserve
 
-    def reserve(n: int) -> None:  # a cache offering reserve(n_positions) gets one call before the blocks
+    def reserve(n: int, headroom: int = 0) -> None:  # one call, before the blocks
         asked.append(n)
-        real_reserve(n)
+        real_reserve(n, headroom)
 
     cache.reserve = reserve
-    assert store.restore(model, cache, ids).cached_tokens == len(ids)
+    assert store.restore(space_of(model), cache, ids).cached_tokens == len(ids)
     assert asked == [3 * BS + BS]
+
+
+def test_tokens_appended_after_a_restore_never_regrow_the_cache(model) -> None:
+    store = store_with([MemoryTier()])
+    ids = history(3 * BS)
+    save_history(model, store, ids)
+    cache = model.make_cache()
+    prompt = [*ids, *history(BS + 2, seed=5)]  # more new tokens than the block of room restores used to leave
+    assert store.restore(space_of(model), cache, prompt).cached_tokens == len(ids)
+    arrays = [id(k) for k in cache.keys]
+    model.forward(prompt[len(ids) :], cache)
+    for token in history(64, seed=6):  # a reply, one token at a time
+        model.forward([token], cache)
+    assert [id(k) for k in cache.keys] == arrays  # nothing reallocated, nothing copied to grow

@@ -1,8 +1,8 @@
 """The block store's background writer: encodes blocks and puts them to tiers off the caller's thread.
 
-Jobs are ("encode", key, kind, identity, dtype, k, v, logits, tiers) for KV exported from a cache, or
-("raw", key, data, tiers) for block bytes being promoted. A (tier, key) pair is claimed when queued, so a
-block saved twice before the first write lands (two sessions, a fork) is still written once.
+Jobs are an `EncodeJob` (KV exported from a cache) or a `RawJob` (block bytes being promoted to faster
+tiers). A (tier, key) pair is claimed when queued, so a block saved twice before the first write lands (two
+sessions, a fork) is still written once.
 """
 
 from __future__ import annotations
@@ -11,17 +11,46 @@ import logging
 import queue
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-from engine.blockformat import encode_block
+import numpy as np
+
+from kvstore.format import encode_block
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class EncodeJob:
+    key: str
+    kind: int  # KIND_BLOCK | KIND_TAIL
+    identity: str
+    dtype: str  # storage dtype
+    k: np.ndarray  # [layers, kv_heads, tokens, head_dim], a copy the caller no longer touches
+    v: np.ndarray
+    logits: np.ndarray | None
+    targets: list[Any]  # tiers
+
+    def data(self) -> bytes:
+        return encode_block(bytes.fromhex(self.key), self.identity, self.dtype, self.k, self.v, self.logits,
+                            self.kind)  # fmt: skip
+
+
+@dataclass
+class RawJob:
+    key: str
+    block: bytes
+    targets: list[Any]
+
+    def data(self) -> bytes:
+        return self.block
 
 
 class BlockWriter:
     def __init__(self, count: Callable[[dict[str, int]], None]) -> None:
         self._count = count
-        self._queue: queue.Queue[tuple | None] = queue.Queue()
+        self._queue: queue.Queue[EncodeJob | RawJob | None] = queue.Queue()
         self._pending: set[tuple[str, str]] = set()  # (tier, key) queued but not yet written
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -34,8 +63,8 @@ class BlockWriter:
             self._pending.add((tier, key))
             return True
 
-    def enqueue(self, job: tuple) -> None:
-        if not job[-1]:
+    def enqueue(self, job: EncodeJob | RawJob) -> None:
+        if not job.targets:
             return
         with self._lock:  # reader threads enqueue promotions too: start one thread only
             if self._thread is None:
@@ -53,15 +82,10 @@ class BlockWriter:
                 self._queue.task_done()
         self._queue.task_done()
 
-    def _write(self, job: tuple) -> None:
-        targets: list[Any]
-        if job[0] == "raw":
-            _, key, data, targets = job
-        else:
-            _, key, kind, identity, dtype, k, v, logits, targets = job
-            data = encode_block(bytes.fromhex(key), identity, dtype, k, v, logits, kind)
+    def _write(self, job: EncodeJob | RawJob) -> None:
+        key, data = job.key, job.data()
         counts: dict[str, int] = {}
-        for tier in targets:
+        for tier in job.targets:
             try:
                 tier.put(key, data)
                 counts[f"written_blocks_{tier.name}"] = counts.get(f"written_blocks_{tier.name}", 0) + 1

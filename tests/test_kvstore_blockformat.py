@@ -5,19 +5,19 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engine.blockformat import (
+from kvstore.format import (
     HEADER_LEN,
     KIND_BLOCK,
     KIND_TAIL,
     BlockFormatError,
-    BlockShape,
     decode_block,
     encode_block,
 )
+from kvstore.space import BlockSpace
 
 FP = "ab" * 32
 KEY = bytes(range(32))
-SHAPE = BlockShape(FP, n_layers=3, n_kv_heads=2, head_dim=64)
+SHAPE = BlockSpace(FP, "float32", layers=3, kv_heads=2, head_dim=64)
 
 
 def kv(tokens: int = 5, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -76,6 +76,6 @@ def test_blocks_of_another_key_model_or_shape_are_refused() -> None:
     with pytest.raises(BlockFormatError, match="wrong key"):
         decode_block(data, KEY, SHAPE, KIND_TAIL)
     with pytest.raises(BlockFormatError, match="different model"):
-        decode_block(data, KEY, BlockShape("cd" * 32, 3, 2, 64), KIND_BLOCK)
+        decode_block(data, KEY, BlockSpace("cd" * 32, "float32", 3, 2, 64), KIND_BLOCK)
     with pytest.raises(BlockFormatError, match="does not match the model's 3/4/64"):
-        decode_block(data, KEY, BlockShape(FP, 3, 4, 64), KIND_BLOCK)
+        decode_block(data, KEY, BlockSpace(FP, "float32", 3, 4, 64), KIND_BLOCK)

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 import xxhash
 
+from kvstore.space import BlockSpace
+
 MAGIC = b"WBKV"
 FORMAT_VERSION = 1
 KIND_BLOCK = 0
@@ -44,16 +46,6 @@ INT8_GROUP = 32  # head_dim values sharing one fp16 scale (per layer, head, toke
 
 class BlockFormatError(ValueError):
     """A block whose bytes are corrupted, truncated or made for another model/shape/key."""
-
-
-@dataclass(frozen=True)
-class BlockShape:
-    """What the reader expects: a block made for this model and cache layout."""
-
-    fingerprint: str  # hex sha256 of the model (engine.Model.fingerprint)
-    n_layers: int
-    n_kv_heads: int
-    head_dim: int
 
 
 @dataclass
@@ -159,7 +151,7 @@ def encode_block(
 
 
 def decode_block(
-    data: bytes | bytearray | memoryview, key: bytes, expect: BlockShape, kind: int
+    data: bytes | bytearray | memoryview, key: bytes, expect: BlockSpace, kind: int
 ) -> DecodedBlock:
     """Check and parse block bytes; raise BlockFormatError saying what is wrong. Arrays view `data`."""
     buf = memoryview(data)
@@ -173,12 +165,12 @@ def decode_block(
         raise BlockFormatError(f"format version {version}, this reader knows {FORMAT_VERSION}")
     if got_key != key or got_kind != kind:
         raise BlockFormatError("stored under the wrong key")
-    if fp != fingerprint_bytes(expect.fingerprint):
+    if fp != fingerprint_bytes(expect.identity):
         raise BlockFormatError("made by a different model (fingerprint mismatch)")
-    if (n_layers, n_heads, head_dim) != (expect.n_layers, expect.n_kv_heads, expect.head_dim):
+    if (n_layers, n_heads, head_dim) != (expect.layers, expect.kv_heads, expect.head_dim):
         raise BlockFormatError(
             f"shape layers={n_layers} heads={n_heads} dim={head_dim} does not match the model's "
-            f"{expect.n_layers}/{expect.n_kv_heads}/{expect.head_dim}"
+            f"{expect.layers}/{expect.kv_heads}/{expect.head_dim}"
         )
     if len(buf) != HEADER_LEN + payload_len:
         raise BlockFormatError(f"truncated payload ({len(buf) - HEADER_LEN} of {payload_len} bytes)")

@@ -16,11 +16,13 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from engine.blockformat import HEADER_LEN
-from engine.blockrefs import FileRefs
-from engine.blocks import BlockStore
-from engine.blocktiers import DiskTier, MemoryTier
-from sessions.kv_redis import RedisStats, RedisTier, open_block_store
+from kvstore.format import HEADER_LEN
+from kvstore.open import open_block_store
+from kvstore.refs import FileRefs
+from kvstore.space import space_of
+from kvstore.store import BlockStore
+from kvstore.tiers import DiskTier, MemoryTier
+from kvstore.tiers.redis import RedisStats, RedisTier
 from tests.kv_helpers import BS, greedy, history, reference, save_history, store_with, tiny_model
 
 REPO = Path(__file__).resolve().parent.parent
@@ -38,7 +40,7 @@ def disk(home: Path, budget: int = 1 << 30) -> DiskTier:
 def resume_and_continue(model, store: BlockStore, ids: list[int], n: int = 12):
     """Restore, prefill what was not cached, then greedy-decode n tokens."""
     cache = model.make_cache()
-    res = store.restore(model, cache, ids)
+    res = store.restore(space_of(model), cache, ids)
     last = res.last_logits if res.last_logits is not None else model.forward(ids[cache.offset :], cache)
     tokens, logits = greedy(model, cache, last, n)
     return res, last, tokens, logits
@@ -76,14 +78,14 @@ def test_fully_cached_history_needs_no_recompute_and_partial_tail_is_found(model
     ids = history(2 * BS + 5)
     last = save_history(model, store, ids)
     cache = model.make_cache()
-    res = store.restore(model, cache, ids)
+    res = store.restore(space_of(model), cache, ids)
     assert cache.offset == len(ids) and np.array_equal(res.last_logits, last)
     # The next turn extends the history: with history_len its 5-token tail is reused as well.
     longer = ids + history(9, seed=7)
     cache = model.make_cache()
-    assert store.restore(model, cache, longer).cached_tokens == 2 * BS
+    assert store.restore(space_of(model), cache, longer).cached_tokens == 2 * BS
     cache = model.make_cache()
-    res = store.restore(model, cache, longer, history_len=len(ids))
+    res = store.restore(space_of(model), cache, longer, history_len=len(ids))
     assert res.cached_tokens == len(ids) and res.last_logits is None
     last = model.forward(longer[len(ids) :], cache)
     assert_exact(model, longer, last, *greedy(model, cache, last, 8))
@@ -132,7 +134,7 @@ def test_corrupted_block_is_dropped_and_recomputed(model, workbench_env, damage,
     store = store_with([tier])
     ids = history(4 * BS)
     save_history(model, store, ids)
-    victim = store.session_keys(model, ids)[2]  # the third block
+    victim = store.session_keys(space_of(model), ids)[2]  # the third block
     path = tier._path(victim)
     data = bytearray(path.read_bytes())
     if damage == "flip_payload_byte":
@@ -144,7 +146,7 @@ def test_corrupted_block_is_dropped_and_recomputed(model, workbench_env, damage,
     else:
         data = bytearray()
     path.write_bytes(bytes(data))
-    with caplog.at_level(logging.WARNING, logger="engine.blocks"):
+    with caplog.at_level(logging.WARNING, logger="kvstore.store"):
         res, last, tokens, logits = resume_and_continue(model, store_with([tier]), ids)
     assert res.cached_tokens == 2 * BS and res.dropped == 1
     assert not path.exists() and not tier.contains([victim])[0]
@@ -166,26 +168,24 @@ def test_fork_shares_blocks_and_writes_them_once(model, workbench_env) -> None:
     assert store.counters["written_bytes_disk"] - written < 3 * one_block
     for ids in (a, b):
         cache = model.make_cache()
-        assert store.restore(model, cache, ids).cached_tokens == len(ids)
+        assert store.restore(space_of(model), cache, ids).cached_tokens == len(ids)
 
 
 def test_a_different_model_with_the_same_shapes_gets_no_hits(model, workbench_env) -> None:
-    from engine.blockkeys import model_identity
-
     other = tiny_model(seed=1)
     # Same config and safetensors headers (the fingerprint may match); the weights' bytes differ.
-    assert model_identity(other) != model_identity(model)
+    assert space_of(other).identity != space_of(model).identity
     tier = disk(workbench_env)
     ids = history(3 * BS)
     save_history(model, store_with([tier]), ids)
     cache = other.make_cache()
-    res = store_with([tier]).restore(other, cache, ids)
+    res = store_with([tier]).restore(space_of(other), cache, ids)
     assert res.cached_tokens == 0 and cache.offset == 0
     # Even a block copied under the other model's key is refused by its header.
     store = store_with([tier])
-    mine, theirs = store.session_keys(model, ids)[0], store.session_keys(other, ids)[0]
+    mine, theirs = store.session_keys(space_of(model), ids)[0], store.session_keys(space_of(other), ids)[0]
     tier.put(theirs, tier.get(mine))
-    assert store.restore(other, other.make_cache(), ids).cached_tokens == 0
+    assert store.restore(space_of(other), other.make_cache(), ids).cached_tokens == 0
 
 
 def test_block_read_from_a_slow_tier_is_promoted_to_faster_ones(model, workbench_env, redis_client) -> None:
@@ -193,10 +193,10 @@ def test_block_read_from_a_slow_tier_is_promoted_to_faster_ones(model, workbench
     save_history(model, store_with([RedisTier(redis_client)]), ids)
     memory, tier = MemoryTier(), disk(workbench_env)
     store = store_with([memory, tier, RedisTier(redis_client)])
-    assert store.restore(model, model.make_cache(), ids).by_tier == {"redis": len(ids)}
+    assert store.restore(space_of(model), model.make_cache(), ids).by_tier == {"redis": len(ids)}
     store.flush()
     assert memory.stats()["blocks"] == 3 and tier.stats()["blocks"] == 3
-    assert store.restore(model, model.make_cache(), ids).by_tier == {"memory": len(ids)}
+    assert store.restore(space_of(model), model.make_cache(), ids).by_tier == {"memory": len(ids)}
 
 
 def test_disk_budget_is_enforced_least_recently_used_first(model, workbench_env) -> None:
@@ -208,12 +208,13 @@ def test_disk_budget_is_enforced_least_recently_used_first(model, workbench_env)
     first, second, third = history(BS, seed=11), history(BS, seed=12), history(BS, seed=13)
     save_history(model, store, first, with_logits=False)
     save_history(model, store, second, with_logits=False)
-    assert store.restore(model, model.make_cache(), first).cached_tokens == BS  # first is now recent
+    space = space_of(model)
+    assert store.restore(space, model.make_cache(), first).cached_tokens == BS  # first is now recent
     save_history(model, store, third, with_logits=False)
     assert tier.stats()["bytes"] <= tier.budget_bytes and tier.stats()["blocks"] == 2
     on_disk = sum(p.stat().st_size for p in (workbench_env / "kv" / "blocks").rglob("*.blk"))
     assert on_disk <= tier.budget_bytes
-    hits = [store.restore(model, model.make_cache(), ids).cached_tokens for ids in (first, second, third)]
+    hits = [store.restore(space, model.make_cache(), ids).cached_tokens for ids in (first, second, third)]
     assert hits == [BS, 0, BS]
 
 
@@ -230,7 +231,7 @@ def test_disk_index_survives_restarts_and_is_rebuilt_if_lost(model, workbench_en
     tier.index_path.write_bytes(b"this is not a sqlite database" * 100)
     reopened = disk(workbench_env)
     assert reopened.stats() == stats  # unreadable: rebuilt too
-    assert store_with([reopened]).restore(model, model.make_cache(), ids).cached_tokens == len(ids)
+    assert store_with([reopened]).restore(space_of(model), model.make_cache(), ids).cached_tokens == len(ids)
 
 
 def test_a_crash_mid_write_leaves_no_visible_block(model, workbench_env) -> None:
@@ -250,15 +251,15 @@ def test_gc_releases_only_what_no_other_session_shares(model, workbench_env) -> 
     orphan = history(BS, seed=5)
     for ids in (a, b, orphan):
         save_history(model, store, ids)
-    store.pin("A", model, a)
-    store.pin("B", model, b)
+    store.pin("A", space_of(model), a)
+    store.pin("B", space_of(model), b)
     assert store.unpin("A")
     removed = store.gc(grace_s=0)
     # a's own block and tail record and the unpinned orphan's block and tail go; the shared ones stay.
     assert removed == {"disk": 4}
-    assert store.restore(model, model.make_cache(), b).cached_tokens == len(b)
-    assert store.restore(model, model.make_cache(), a).cached_tokens == 2 * BS
-    assert store.restore(model, model.make_cache(), orphan).cached_tokens == 0
+    assert store.restore(space_of(model), model.make_cache(), b).cached_tokens == len(b)
+    assert store.restore(space_of(model), model.make_cache(), a).cached_tokens == 2 * BS
+    assert store.restore(space_of(model), model.make_cache(), orphan).cached_tokens == 0
     assert store.gc(grace_s=3600) == {"disk": 0}
 
 
@@ -270,7 +271,8 @@ def test_hit_counters_are_shared_in_redis_and_cli_reports_them(
     store = open_block_store(redis_client, block_size=BS)
     ids = history(2 * BS)
     save_history(model, store, ids)
-    open_block_store(redis_client, block_size=BS).restore(model, model.make_cache(), [*ids, 1, 2, 3])
+    other_process = open_block_store(redis_client, block_size=BS)
+    other_process.restore(space_of(model), model.make_cache(), [*ids, 1, 2, 3])
     counters = RedisStats(redis_client).read()
     assert counters["hit_tokens"] == 2 * BS and counters["lookup_tokens"] == 2 * BS + 3
     assert main(["cache", "stats", "--json"]) == 0
@@ -293,11 +295,11 @@ def test_redis_blocks_carry_a_ttl(model, redis_client) -> None:
 
 
 def test_keys_are_stable_across_processes(model) -> None:
-    from engine.blockkeys import chain_keys
+    from kvstore.keys import chain_keys
 
     keys = chain_keys(model.fingerprint, "float32", history(2 * BS), BS)
     code = (
-        "import json, sys; from engine.blockkeys import chain_keys; from tests.kv_helpers import history; "
+        "import json, sys; from kvstore.keys import chain_keys; from tests.kv_helpers import history; "
         f"print(json.dumps(chain_keys({model.fingerprint!r}, 'float32', history({2 * BS}), {BS})))"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
@@ -329,7 +331,7 @@ def test_engine_generate_continues_a_restored_cache_exactly(model, cached) -> No
     store = store_with([MemoryTier()])
     save_history(model, store, prompt if cached == "whole_prompt" else prompt[: 2 * BS + 3])
     cache = model.make_cache()
-    res = store.restore(model, cache, prompt)
+    res = store.restore(space_of(model), cache, prompt)
     events = engine.generate(model, prompt, params, cache=cache, last_logits=res.last_logits)
     resumed = next(e for e in events if isinstance(e, engine.GenerationResult))
     assert resumed.token_ids == scratch.token_ids

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import redis
 
-from engine.blockrefs import FileRefs
-from engine.blocktiers import DiskTier, MemoryTier
-from sessions.kv_redis import RedisTier
+from kvstore.refs import FileRefs
+from kvstore.tiers import DiskTier, MemoryTier
+from kvstore.tiers.redis import RedisTier
 
 
 def key(i: int) -> str:
@@ -55,7 +55,7 @@ def test_pins_are_shared_through_files(tmp_path: Path) -> None:
     a.set("session-1", [key(1), key(2)])
     b.set("session/2 with odd chars", [key(2), key(3)])
     assert a.pinned() == {key(1), key(2), key(3)}
-    assert sorted(b.sessions()) == ["session-1", "session/2 with odd chars"]
+    assert sorted(b.holders()) == ["session-1", "session/2 with odd chars"]
     a.set("session-1", [key(4)])  # a session's pin is replaced, not added to
     assert b.keys_of("session-1") == [key(4)]
     assert b.remove("session-1") and not b.remove("session-1")
