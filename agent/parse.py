@@ -242,10 +242,7 @@ class Llama3ToolCallParser:
 
     def _step(self, ch: str, events: list[ParseEvent]) -> None:
         if self._mode == "json":
-            self._raw += ch
-            self._scan.step(ch)
-            if self._scan.done:
-                events.append(self._finish())
+            self._step_json(ch, events)
             return
         self._held += ch
         if self._held.endswith(self.TAG):
@@ -263,12 +260,21 @@ class Llama3ToolCallParser:
             self._start_json(tagged=False)
             self._step("{", events)
             return
-        if self._tagged:  # `<|python_tag|>` followed by something that is not JSON
-            self._mode, self._raw = "json", stripped
-            self._scan = JsonObjectScanner()
-            self._held = ""
-            return
         self._mode = "text"
+
+    def _step_json(self, ch: str, events: list[ParseEvent]) -> None:
+        self._raw += ch
+        if self._raw.endswith(self.TAG):
+            # A special token, never content (not even inside a string): it ends this call, starts the next.
+            self._raw = self._raw[: -len(self.TAG)]
+            events.append(self._finish())
+            self._start_json(tagged=True)
+            return
+        # Only JSON that starts the call is followed; `<|python_tag|>tool.call(...)` is collected as is.
+        if self._scan.inside or (not self._scan.started and ch in "{[" and not self._raw[:-1].strip()):
+            self._scan.step(ch)
+            if self._scan.done:
+                events.append(self._finish())
 
     def _start_json(self, tagged: bool) -> None:
         self._mode, self._raw, self._held, self._tagged = "json", "", "", tagged
