@@ -12,6 +12,7 @@ tests and the bench drive.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -45,6 +46,12 @@ class EngineStep:
         self.cached_ids: list[int] = []  # what the cache holds
         self._history: list[int] | None = None  # prompt + reply up to (not including) its end-of-turn token
         self._seen: list[dict[str, Any]] = []  # the messages the last prompt was made from, plus its reply
+        self._first: tuple[list[int], Any] | None = None
+
+    def start(self, prompt_ids: list[int], cache: Any, last_logits: Any = None) -> None:
+        """Make the first step use a prompt built elsewhere (the session's, with its restored KV blocks)."""
+        self.cache, self.cached_ids = cache, list(prompt_ids[: cache.offset])
+        self._first = (list(prompt_ids), last_logits)
 
     def render(self, messages: Sequence[dict[str, Any]], generation_prompt: bool = True) -> str:
         return self.model.tokenizer.render_chat(list(messages), add_generation_prompt=generation_prompt,
@@ -78,17 +85,26 @@ class EngineStep:
         return [*self._history, *suffix]
 
     def __call__(self, messages: list[dict[str, Any]], cancel: threading.Event) -> Iterator[Any]:
-        prompt_ids, continued = self.prompt(messages)
-        bust = self._bust(messages, prompt_ids)
+        last_logits = None
+        if self._first is not None:
+            (prompt_ids, last_logits), continued, bust = self._first, False, None
+            self._first = None
+        else:
+            prompt_ids, continued = self.prompt(messages)
+            bust = self._bust(messages, prompt_ids)
         if self.cache is None:
             self.cache = self.model.make_cache()
         keep = common_prefix(self.cached_ids, prompt_ids)
         if keep < self.cache.offset:
             self.cache.trim(keep)
+            last_logits = None  # they belong to the end of what was just cut off
         cached = self.cache.offset
+        # Later steps have longer prompts: the reply gets what room the context has left.
+        room = self.model.context_length - len(prompt_ids)
+        params = dataclasses.replace(self.params, max_tokens=max(1, min(self.params.max_tokens, room)))
         final = None
-        for ev in engine.generate(self.model, prompt_ids, self.params, cache=self.cache, cancel=cancel,
-                                  reasoning=self.thinking):  # fmt: skip
+        for ev in engine.generate(self.model, prompt_ids, params, cache=self.cache, cancel=cancel,
+                                  reasoning=self.thinking, last_logits=last_logits):  # fmt: skip
             if isinstance(ev, engine.Delta):
                 yield ev
             else:

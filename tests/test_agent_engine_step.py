@@ -1,19 +1,14 @@
 """The loop on a real tiny engine model (real template with tools, tokenizer, prefill, decode, KV cache).
 
-A random-weight model says nothing useful, so `Steered` adds a large bonus to the logit of the next token
-of a given reply: greedy decoding then produces exactly that reply, through the real forward passes.
-Everything else (the cache, what is prefilled, the template) is the engine's own.
+`Steered` (tests/agent_support.py) makes the random-weight model's greedy replies given texts, through its
+real forward passes; everything else (the cache, what is prefilled, the template) is the engine's own.
 """
 
 from __future__ import annotations
 
-import json
-import shutil
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 
 import engine
@@ -23,34 +18,9 @@ from agent.loop import LoopResult, run_loop
 from agent.policy import Policy
 from agent.step import EngineStep
 from agent.tools import ToolContext, read_only_tools, schemas
+from tests.agent_support import Steered, call, long_context_copy
 
 GREEDY = engine.SamplingParams(temperature=0.0, max_tokens=200)
-
-
-class Steered:
-    """A model whose next sampled tokens are `script` (set by `say`), then its end-of-turn token."""
-
-    def __init__(self, model: Any) -> None:
-        self._model = model
-        self._script: list[int] = []
-        self._k = 0
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._model, name)
-
-    def say(self, text: str) -> None:
-        tok = self._model.tokenizer
-        self._script = [*tok.encode(text), min(tok.eos_token_ids)]
-        self._k = -1
-
-    def forward(self, ids: list[int], cache: Any, cancel: Callable[[], bool] | None = None) -> np.ndarray:
-        logits = self._model.forward(ids, cache, cancel=cancel).copy()
-        # A chunk of the prompt (several tokens) gives the first reply token's logits, each decode step
-        # (one token) the next one's.
-        self._k = 0 if len(ids) > 1 else self._k + 1
-        if 0 <= self._k < len(self._script):
-            logits[self._script[self._k]] += 1e4
-        return logits
 
 
 class SteeredStep(EngineStep):
@@ -67,18 +37,10 @@ class SteeredStep(EngineStep):
             yield ev
 
 
-def call(name: str, **args: Any) -> str:
-    return f"<tool_call>\n{json.dumps({'name': name, 'arguments': args})}\n</tool_call>"
-
-
 @pytest.fixture(scope="module")
 def steered(tiny_model: Any, tmp_path_factory: pytest.TempPathFactory) -> Steered:
     # The fixture's context (128) is too short for a prompt with tool schemas: the same weights, longer.
-    directory = tmp_path_factory.mktemp("agent_model") / "qwen3"
-    shutil.copytree(tiny_model("qwen3").path, directory)
-    config = json.loads((directory / "config.json").read_text())
-    config["max_position_embeddings"] = 8192
-    (directory / "config.json").write_text(json.dumps(config))
+    directory = long_context_copy(tiny_model("qwen3").path, tmp_path_factory.mktemp("agent_model") / "qwen3")
     return Steered(engine.load_model(directory, backend="numpy"))
 
 
