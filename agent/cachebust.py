@@ -42,7 +42,6 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
 def diagnose(
     cached_ids: Sequence[int],
     prompt_ids: Sequence[int],
-    old_messages: Sequence[dict[str, Any]],
     new_messages: Sequence[dict[str, Any]],
     render_prefix: Callable[[int], str],
     decode: Callable[[Sequence[int]], str],
@@ -54,7 +53,8 @@ def diagnose(
 
     `render_prefix(i)` is the rendered text of the first `i` new messages (no generation prompt);
     `decode(ids)` the tokenizer's decode. The message is found by character offset of the first
-    differing token in the new rendering.
+    differing token in the new rendering; it changed if its text is not in what the model saw, else the
+    template rendered it differently.
     """
     if not cached_ids:
         return None
@@ -67,7 +67,8 @@ def diagnose(
                          len(cached_ids), len(cached_ids))  # fmt: skip
     index = _message_at(len(decode(list(prompt_ids[:at]))), len(new_messages), render_prefix)
     role = new_messages[index]["role"] if index is not None else None
-    reason, detail = _why(index, role, old_messages, new_messages, tools_changed)
+    seen = decode(list(cached_ids))
+    reason, detail = _why(index, role, new_messages, seen, tools_changed)
     return CacheBust(at, index, role, reason, detail, len(cached_ids), wasted)
 
 
@@ -78,20 +79,17 @@ def _message_at(char: int, count: int, render_prefix: Callable[[int], str]) -> i
     return count - 1 if count else None
 
 
-def _why(index: int | None, role: str | None, old: Sequence[dict[str, Any]], new: Sequence[dict[str, Any]],
+def _why(index: int | None, role: str | None, new: Sequence[dict[str, Any]], seen: str,
          tools_changed: bool) -> tuple[str, str]:  # fmt: skip
     if tools_changed and (index is None or role == "system" or index == 0):
         return "tools_changed", "the tool list (in the system prompt) changed"
     if index is None:
         return "template_rerender", "the template renders the conversation differently"
-    if index < len(old) and _same(old[index], new[index]):
+    content = new[index].get("content")
+    if isinstance(content, str) and content and content in seen:
         return "template_rerender", (f"message {index} ({role}) is unchanged but the template renders it "
                                      "differently from the tokens the model saw")  # fmt: skip
     if role == "system":
         return "system_prompt_changed", "the system prompt changed"
     return "message_changed", f"message {index} ({role}) differs from the cached history"
 
-
-def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    keys = ("role", "content", "tool_calls", "name")
-    return all(a.get(k) == b.get(k) for k in keys)

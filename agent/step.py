@@ -122,7 +122,7 @@ class EngineStep:
             except Exception:  # templates may refuse a prefix (Llama wants its first user message)
                 return ""
 
-        return diagnose(self.cached_ids, prompt_ids, self._seen, messages, render_prefix,
+        return diagnose(self.cached_ids, prompt_ids, messages, render_prefix,
                         self.model.tokenizer.decode)  # fmt: skip
 
     def _after(self, messages: list[dict[str, Any]], prompt_ids: list[int], final: Any) -> None:

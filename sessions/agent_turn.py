@@ -43,6 +43,30 @@ def run_agent_turn(state: Any) -> Result:
                      state.restored, state.blocks, retrieved)  # fmt: skip
 
 
+def cache_bust(session: Any, model: Any, settings: Any, prompt_ids: list[int],
+               tools: list[dict[str, Any]] | None) -> dict[str, Any] | None:  # fmt: skip
+    """Where this turn's prompt stops extending the session's token history, and why (None: it extends
+    it, or there is no history). Called once the new user message is among the session's messages."""
+    from agent.cachebust import diagnose
+
+    history = session.history
+    if not history:
+        return None
+    tok = model.tokenizer
+    new = template_messages(settings.system_prompt, session.messages, marker=False)
+
+    def render_prefix(i: int) -> str:
+        try:
+            return tok.render_chat(new[:i], add_generation_prompt=False, enable_thinking=settings.thinking,
+                                   tools=tools)  # fmt: skip
+        except Exception:  # a template may refuse a prefix (Llama 3 wants its first user message)
+            return ""
+
+    report = diagnose(history, prompt_ids, new, render_prefix, tok.decode,
+                      model_changed=session.history_fingerprint != model.fingerprint)  # fmt: skip
+    return report.to_dict() if report else None
+
+
 def run_agent(job: Any, model: Any, name: str, prompt_ids: list[int], params: Any, cache: Any, restored: Any,
               blocks: Any, retrieved: list[dict[str, Any]]) -> Result:  # fmt: skip
     from agent.confine import Confinement

@@ -113,6 +113,9 @@ class CacheStats(Event):
     enabled: bool = True  # False with --no-cache or when the block store cannot be opened
     dropped_messages: int = 0  # oldest messages left out of the prompt so that it fits the context
     dropped_tokens: int = 0  # the prompt tokens they would have taken
+    # Where the prompt stopped extending the session's history, and why (agent.cachebust.CacheBust):
+    # token_index, message_index, role, reason, detail, cached_tokens, wasted_tokens; None: it extends it.
+    cache_bust: dict[str, Any] | None = None
 
 
 @dataclass

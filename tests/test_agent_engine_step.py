@@ -103,14 +103,14 @@ def test_a_changed_system_prompt_is_reported_at_message_zero(steered: Steered) -
     old_ids, _ = step.prompt(old)
     new_ids, _ = step.prompt(new)
     decode = steered.tokenizer.decode
-    bust = diagnose(old_ids, new_ids, old, new, lambda i: step.render(new[:i], False), decode)
+    bust = diagnose(old_ids, new_ids, new, lambda i: step.render(new[:i], False), decode)
     assert bust is not None and bust.reason == "system_prompt_changed" and bust.message_index == 0
     edited = [old[0], {"role": "user", "content": "hello"}]
     edited_ids, _ = step.prompt(edited)
-    bust = diagnose(old_ids, edited_ids, old, edited, lambda i: step.render(edited[:i], False),
+    bust = diagnose(old_ids, edited_ids, edited, lambda i: step.render(edited[:i], False),
                     steered.tokenizer.decode)  # fmt: skip
     assert bust is not None and bust.reason == "message_changed" and bust.message_index == 1
-    assert diagnose(old_ids, [*old_ids, 5], old, old, lambda i: "", decode) is None
+    assert diagnose(old_ids, [*old_ids, 5], old, lambda i: "", decode) is None
 
 
 def test_the_system_prompt_with_tools_is_the_same_prefix_for_every_session(steered: Steered) -> None:

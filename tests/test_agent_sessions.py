@@ -115,3 +115,17 @@ def test_bad_agent_options_are_usage_errors(field: str, value: Any) -> None:
 
     with pytest.raises(UsageError, match=field):
         TurnOptions(**{field: value})
+
+
+def test_the_cache_event_names_where_and_why_a_resumed_prompt_diverged(
+    svc: Any, steered: Steered, repo: Path
+) -> None:
+    _, first = turn(svc, steered, repo, ["Hello."], allow_tools="none")
+    events, _ = turn(svc, steered, repo, ["Again."], session=first.session_id, allow_tools="none")
+    assert next(e for e in events if isinstance(e, CacheStats)).cache_bust is None  # it extends the history
+    events, _ = turn(svc, steered, repo, ["Changed."], session=first.session_id, allow_tools="none",
+                     system_prompt="You are verbose.")  # fmt: skip
+    bust = next(e for e in events if isinstance(e, CacheStats)).cache_bust
+    assert bust["reason"] == "system_prompt_changed"
+    assert bust["message_index"] == 0 and bust["role"] == "system"
+    assert bust["wasted_tokens"] > 0 and bust["token_index"] < bust["cached_tokens"]
