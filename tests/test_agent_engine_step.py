@@ -121,3 +121,25 @@ def test_the_system_prompt_with_tools_is_the_same_prefix_for_every_session(steer
     assert "<tools>" in rendered and '"name": "search_code"' in rendered
     shared = next(i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y)
     assert shared > 200  # the whole tools block is a common prefix: its KV blocks are shared
+
+
+@pytest.fixture(scope="module")
+def steered_llama(tiny_model: Any, tmp_path_factory: pytest.TempPathFactory) -> Steered:
+    source = tiny_model("llama3_classic").path
+    directory = long_context_copy(source, tmp_path_factory.mktemp("agent_llama") / "llama3")
+    return Steered(engine.load_model(directory, backend="numpy"))
+
+
+def test_llama_makes_json_tool_calls_through_its_own_template(steered_llama: Steered, repo: Path) -> None:
+    replies = ['{"name": "read_file", "parameters": {"path": "notes.txt"}}', "Two lines."]
+    step = SteeredStep(steered_llama, replies)
+    ctx = ToolContext(Confinement(repo))
+    messages = [{"role": "user", "content": "What is in notes?"}]
+    *_, result = run_loop(step, messages, read_only_tools(), Policy(), ctx, steered_llama.arch, 4)
+    assert result.finish_reason == "stop" and result.text == "Two lines."
+    assert [r.tool for r in result.records] == ["read_file"] and result.records[0].ok
+    rendered = step.render(messages)
+    assert '"name": "search_code"' in rendered  # the schemas went into Llama's first user message
+    second = step.outputs[1]
+    assert second.continued and second.cache_bust is None
+    assert second.prefilled_tokens < second.prompt_tokens / 4  # the tool result, not the whole prompt again
