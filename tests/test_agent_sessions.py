@@ -129,3 +129,27 @@ def test_the_cache_event_names_where_and_why_a_resumed_prompt_diverged(
     assert bust["reason"] == "system_prompt_changed"
     assert bust["message_index"] == 0 and bust["role"] == "system"
     assert bust["wasted_tokens"] > 0 and bust["token_index"] < bust["cached_tokens"]
+
+
+def test_cancelling_an_agent_turn_kills_the_command_and_keeps_what_happened(
+    svc: Any, steered: Steered, repo: Path
+) -> None:
+    import threading
+    import time
+
+    steered.replies = [call("run_command", command="sleep 30"), "never said"]
+    opts = TurnOptions(model="tiny", repo=str(repo), **{**GREEDY, "allow_tools": "all"})
+    handle = svc.start_turn(None, "Run the slow thing.", opts)
+    started = time.monotonic()
+    events = []
+    for event in handle:
+        events.append(event)
+        if isinstance(event, ToolCall):  # parsed while the reply streams: the command starts a bit later
+            threading.Timer(1.0, handle.cancel).start()
+    result = events[-1]
+    assert isinstance(result, Result) and time.monotonic() - started < 10
+    assert result.finish_reason == "cancelled" and result.exit_code == 130
+    assert "the loop was stopped" in result.tool_calls[0]["summary"]
+    messages = svc.show(result.session_id).messages
+    assert [m.role for m in messages] == ["user", "assistant", "tool"]
+    assert messages[-1].tool_results[0]["data"]["ended"] == "cancelled"
