@@ -32,8 +32,9 @@ class Steered:
     def say(self, *replies: str) -> None:
         self.replies.extend(replies)
 
-    def forward(self, ids: list[int], cache: Any, cancel: Callable[[], bool] | None = None) -> np.ndarray:
-        logits = self._model.forward(ids, cache, cancel=cancel).copy()
+    def forward(self, ids: list[int], cache: Any, cancel: Callable[[], bool] | None = None,
+                **kwargs: Any) -> np.ndarray:  # fmt: skip
+        logits = self._model.forward(ids, cache, cancel=cancel, **kwargs).copy()
         if len(ids) > 1:
             if self._k >= len(self._script) - 1:  # the previous script is done: a new prompt
                 tok = self._model.tokenizer
