@@ -113,6 +113,9 @@ class CacheStats(Event):
     enabled: bool = True  # False with --no-cache or when the block store cannot be opened
     dropped_messages: int = 0  # oldest messages left out of the prompt so that it fits the context
     dropped_tokens: int = 0  # the prompt tokens they would have taken
+    # Where the prompt stopped extending the session's history, and why (agent.cachebust.CacheBust):
+    # token_index, message_index, role, reason, detail, cached_tokens, wasted_tokens; None: it extends it.
+    cache_bust: dict[str, Any] | None = None
 
 
 @dataclass
@@ -133,6 +136,41 @@ class Result(Event):
     is_error: bool = False
     error: str | None = None
     exit_code: int = 0  # the kind of failure as the headless CLI's exit code: 0, 1, 2, 3 (130: cancelled)
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)  # agent turns: ToolRecord.to_dict()s
+    steps: int = 0  # agent turns: generations in the tool loop (0: a plain turn)
 
 
-TurnEvent = Queued | ModelLoading | SessionStarted | Retrieval | CacheStats | Prefill | TextDelta | Result
+@dataclass
+class ToolCall(Event):
+    """A tool call parsed from the reply (agent turns, `--allow-tools`); `error`: it is malformed."""
+
+    type: ClassVar[str] = "tool_call"
+    call_id: str = ""
+    tool: str = ""
+    arguments: dict[str, Any] = field(default_factory=dict)
+    step: int = 0
+    error: str | None = None
+
+
+@dataclass
+class ToolResult(Event):
+    """What a tool call did (agent.loop.ToolRecord): approval, outcome, what the model was given."""
+
+    type: ClassVar[str] = "tool_result"
+    call_id: str = ""
+    tool: str = ""
+    step: int = 0
+    kind: str | None = None  # read | edit | command | secret
+    ok: bool = False
+    summary: str = ""
+    error: str | None = None
+    approval: dict[str, Any] | None = None  # {allowed, by, reason, wait_s}
+    seconds: float = 0.0
+    result: str = ""  # the text the model was given
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+TurnEvent = (
+    Queued | ModelLoading | SessionStarted | Retrieval | CacheStats | Prefill | TextDelta | ToolCall
+    | ToolResult | Result
+)

@@ -50,14 +50,16 @@ def fit_prompt(
     context_length: int,
     max_tokens: int,
     model_name: str,
+    tools: Sequence[dict[str, Any]] | None = None,
 ) -> Fitted:
     """The prompt for `messages` (the last is the new user message) that leaves room for a reply."""
     reserve = reply_reserve(context_length, max_tokens)
-    full = build_prompt(tokenizer, system_prompt, messages, thinking, chunk_ids, history).token_ids
+    full = build_prompt(tokenizer, system_prompt, messages, thinking, chunk_ids, history, tools).token_ids
     ids, dropped = full, 0
     while len(ids) + reserve > context_length and dropped < len(messages) - 1:
         dropped = _next_cut(messages, dropped)
-        ids = build_prompt(tokenizer, system_prompt, messages[dropped:], thinking, chunk_ids, None).token_ids
+        kept = messages[dropped:]
+        ids = build_prompt(tokenizer, system_prompt, kept, thinking, chunk_ids, None, tools).token_ids
     room = context_length - len(ids)
     if room < 1:
         over = len(ids) + 1 - context_length  # a reply needs at least one token

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from core.errors import UsageError
 from sessions.model import Settings
@@ -25,6 +26,18 @@ class TurnOptions:
     top_k: int | None = None
     seed: int | None = None
     no_cache: bool = False  # recompute the whole prompt, read and write no KV block (the A/B reference)
+    # Agent tools, per turn (never sticky: a permission is given each time): none | read | edit | all.
+    allow_tools: str = "none"
+    max_turns: int = 8  # generations in one turn's tool loop
+    # An agent.policy.Policy the caller keeps for the session (the TUI: its approver and "always" grants);
+    # None: Policy(allow_tools) without an approver, so what the level does not allow is refused (headless).
+    policy: Any = None
+
+    def __post_init__(self) -> None:
+        if self.allow_tools not in ("none", "read", "edit", "all"):
+            raise UsageError(f"allow_tools must be one of none, read, edit, all (got {self.allow_tools!r})")
+        if self.max_turns < 1:
+            raise UsageError(f"max_turns must be >= 1, got {self.max_turns}")
 
     def apply(self, settings: Settings) -> Settings:
         """`settings` with this turn's overrides; raises UsageError naming a bad value."""

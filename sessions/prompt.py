@@ -70,6 +70,7 @@ def build_prompt(
     thinking: bool,
     chunk_ids: Callable[[dict[str, Any]], list[int]] | None = None,
     history: Sequence[int] | None = None,
+    tools: Sequence[dict[str, Any]] | None = None,
 ) -> Prompt:
     """Token ids of the whole conversation plus the generation prompt.
 
@@ -83,6 +84,7 @@ def build_prompt(
         template_messages(system_prompt, messages, marker=True),
         add_generation_prompt=True,
         enable_thinking=thinking,
+        tools=tools or None,
     )
     token_ids, text_parts = _encode_spliced(tokenizer, rendered, messages, ids_of)
     if history:

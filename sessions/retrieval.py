@@ -59,6 +59,10 @@ class Retriever:
                 return None
         return None if done.cancelled() else done.result()
 
+    def index_for(self, repo: str) -> Any:
+        """The repository's index (opened once per process): what the agent's search_code searches."""
+        return self._index(repo)
+
     def _index(self, repo: str) -> Any:
         if repo not in self._indexes:
             # Imported here: sessions without RAG never load the indexer or the embedding model.

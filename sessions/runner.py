@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from sessions.agent_turn import cache_bust, run_agent_turn, tool_schemas
 from sessions.events import (
     CacheStats,
     ModelLoading,
@@ -117,6 +118,8 @@ def _phases(state: TurnState) -> Result:
             return _cancelled(state)
     record_start(state)
     restore(state)
+    if job.options.allow_tools != "none":  # an agent turn: the tool loop streams and records
+        return run_agent_turn(state)
     stream(state)
     return finish_turn(state)
 
@@ -187,6 +190,11 @@ def _weights_bytes(name: str) -> int | None:
         return None
 
 
+def _tools(options: TurnOptions) -> list[dict[str, Any]] | None:
+    """The tool schemas of an agent turn (sessions/agent_turn.py), None for a plain turn."""
+    return tool_schemas() if options.allow_tools != "none" else None
+
+
 def prepare(state: TurnState) -> None:
     """Settings, retrieved code sized to the room left, and the prompt that fits the context."""
     job, s, model = state.job, state.job.session, state.model
@@ -196,11 +204,12 @@ def prepare(state: TurnState) -> None:
     # The history is only meaningful to the model (and tokenizer) that produced it.
     history = s.history if s.history_fingerprint == model.fingerprint else None
     max_tokens = settings.sampling.max_tokens
+    tools = _tools(job.options)
 
     def fit(chunk_ids: Callable[[dict[str, Any]], list[int]]) -> Fitted:
         try:
             return fit_prompt(tok, settings.system_prompt, [*s.messages, user], settings.thinking, chunk_ids,
-                              history, model.context_length, max_tokens, state.name)  # fmt: skip
+                              history, model.context_length, max_tokens, state.name, tools)  # fmt: skip
         except PromptTooLong as exc:
             raise TurnFailed(f"session {s.id}: {exc}", 1) from None
 
@@ -276,6 +285,7 @@ def restore(state: TurnState) -> None:
             enabled=state.blocks is not None,
             dropped_messages=state.fitted.dropped_messages,
             dropped_tokens=state.fitted.dropped_tokens,
+            cache_bust=cache_bust(s, state.model, state.settings, prompt_ids, _tools(state.job.options)),
         )
     )
 

@@ -116,6 +116,18 @@ def add_turn_options(parser: argparse.ArgumentParser, suppress: bool = False) ->
         default=default(False),
         help="recompute the whole prompt, no KV blocks read or written (the reference for A/B checks)",
     )
+    agent = parser.add_argument_group("agent tools (per turn, not sticky)")
+    agent.add_argument(
+        "--allow-tools",
+        choices=("none", "read", "edit", "all"),
+        default=default(None),
+        help="offer the model tools; what runs without asking (read: search/read/list/grep; edit: + file "
+        "edits; all: + commands, secrets files); anything else is refused (default: none)",
+    )
+    agent.add_argument(
+        "--max-turns", type=_positive_int, metavar="N", default=default(None),
+        help="most generations in one turn's tool loop (default 8)",
+    )  # fmt: skip
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -156,6 +168,8 @@ class TurnRequest:
     model: str | None
     backend: str | None
     no_cache: bool
+    allow_tools: str = "none"
+    max_turns: int = 8
     settings: dict[str, Any] = field(default_factory=dict)  # only what the user gave (sticky changes)
     sampling: dict[str, Any] = field(default_factory=dict)
 
@@ -229,6 +243,8 @@ def turn_request(args: argparse.Namespace) -> TurnRequest:
         model=model,
         backend=option(args, "backend"),
         no_cache=bool(option(args, "no_cache", False)),
+        allow_tools=option(args, "allow_tools") or "none",
+        max_turns=option(args, "max_turns") or 8,
         settings=settings,
         sampling=sampling,
     )

@@ -61,6 +61,9 @@ class TextWriter:
         self._reasoning_ends_line = True
 
     def event(self, data: dict[str, Any]) -> None:
+        if data.get("type") == "tool_result":  # one line per call on stderr: what ran, how it went
+            self._tool_line(data)
+            return
         if data.get("type") != "delta" or not data.get("text"):
             return
         text = data["text"]
@@ -76,6 +79,17 @@ class TextWriter:
         self.out.write(text)
         self.out.flush()
         self._answer_ends_line = text.endswith("\n")
+
+    def _tool_line(self, data: dict[str, Any]) -> None:
+        if not self._answer_ends_line:
+            self.out.write("\n")
+            self.out.flush()
+            self._answer_ends_line = True
+        approval = data.get("approval") or {}
+        how = "" if approval.get("by") in (None, "auto") else f" ({approval.get('by')})"
+        outcome = data.get("summary") if data.get("ok") else (data.get("error") or data.get("summary"))
+        self.err.write(f"[tool {data.get('tool') or '?'}{how}: {outcome}]\n")
+        self.err.flush()
 
     def result(self, data: dict[str, Any]) -> None:
         if not self._answer_ends_line:

@@ -46,6 +46,8 @@ def turn_options(request: TurnRequest) -> TurnOptions:
         backend=request.backend,
         repo=request.repo,
         no_cache=request.no_cache,
+        allow_tools=request.allow_tools,
+        max_turns=request.max_turns,
         **request.settings,
         **request.sampling,
     )
