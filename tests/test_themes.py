@@ -17,7 +17,7 @@ from themes import DEFAULT_THEME, load_themes
 
 def test_both_themes_load_with_their_variables() -> None:
     themes = {t.name: t for t in load_themes()}
-    assert set(themes) == {"workbench-dark", "workbench-light"}
+    assert {"workbench-dark", "workbench-light", "workbench-ember", "workbench-contrast"} <= set(themes)
     assert themes["workbench-dark"].dark and not themes["workbench-light"].dark
     for theme in themes.values():
         assert {"reasoning-foreground", "cache-hit", "cache-miss"} <= set(theme.variables)

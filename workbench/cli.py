@@ -67,6 +67,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return int(args.func(args))
         if headless.wants_headless(args):
             return int(headless.run(args))
+        from workbench.tui.app import is_terminal
+
+        if is_terminal():
+            from workbench import tui
+
+            return tui.run(args)
         from workbench.cmd_doctor import welcome
 
         return welcome()

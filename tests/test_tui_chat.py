@@ -1,0 +1,186 @@
+"""The TUI drives the real session service: a prompt streams a reply, Esc stops it (the partial reply is
+kept), a resumed session shows its history, sessions are searched, renamed, forked and deleted."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from tests.headless_support import chat_model_dir
+from tests.tui_support import SIZE, make_app, wait_for
+from workbench.tui.screens.main import MainScreen
+from workbench.tui.widgets.chat import AssistantMessage, UserMessage
+from workbench.tui.widgets.prompt import PromptInput
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return chat_model_dir(tmp_path_factory.getbasetemp())
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    root = tmp_path / "repo"
+    (root / ".git").mkdir(parents=True)
+    return root
+
+
+def main_screen(app: object) -> MainScreen:
+    return next(s for s in app.screen_stack if isinstance(s, MainScreen))  # type: ignore[attr-defined]
+
+
+async def send(pilot: object, app: object, text: str, key: bool = True) -> None:
+    """Type `text` and send it: with the Enter key (Pilot waits for the app to go idle, which may be
+    the reply's end), or with `key=False` straight through the prompt's submit action."""
+    prompt = app.screen.query_one(PromptInput)  # type: ignore[attr-defined]
+    prompt.load_text(text)
+    if key:
+        await pilot.press("enter")  # type: ignore[attr-defined]
+    else:
+        prompt.action_submit()
+        await pilot.pause(0)  # type: ignore[attr-defined]
+
+
+def test_a_prompt_streams_a_reply_that_is_recorded(model_dir: Path, repo: Path, tmp_path: Path) -> None:
+    async def scenario() -> None:
+        app = make_app(model_dir, repo, tmp_path / "data", max_tokens=12, rag=False)
+        async with app.run_test(size=SIZE) as pilot:
+            await send(pilot, app, "Say hello")
+            screen = main_screen(app)
+            await wait_for(pilot, lambda: screen.turn is not None and screen.turn.done)
+            await pilot.pause(0.2)
+            users = screen.query(UserMessage)
+            replies = screen.query(AssistantMessage)
+            assert [u.text for u in users] == ["Say hello"]
+            reply = replies.last()
+            assert reply.finished and reply.text and reply.number == 2
+            session = app.backend.service.show(screen.session_id)
+            assert [m.content for m in session.messages] == ["Say hello", reply.text]
+            assert app.history.entries == ["Say hello"]  # remembered for Up/Down next time
+
+    asyncio.run(scenario())
+
+
+def test_escape_stops_the_engine_and_keeps_the_partial_reply(
+    model_dir: Path, repo: Path, tmp_path: Path
+) -> None:
+    async def scenario() -> None:
+        app = make_app(model_dir, repo, tmp_path / "data", max_tokens=3000, rag=False, temperature=0.0)
+        async with app.run_test(size=SIZE) as pilot:
+            await send(pilot, app, "Tell a very long story.", key=False)
+            screen = main_screen(app)
+            await wait_for(pilot, lambda: any(reply.text for reply in screen.query(AssistantMessage)))
+            await pilot.press("escape")
+            await wait_for(pilot, lambda: screen.turn.done, timeout=5)
+            result = screen.turn.result
+            assert result.finish_reason == "cancelled"
+            assert result.tokens.get("generated", 0) < 3000
+            await pilot.pause(0.2)
+            reply = screen.query(AssistantMessage).last()
+            assert reply.has_class("interrupted")
+            stored = app.backend.service.show(screen.session_id).messages[-1]
+            assert stored.status == "interrupted" and stored.content
+
+    asyncio.run(scenario())
+
+
+def test_a_prompt_sent_while_a_reply_runs_is_queued_and_sent_after(
+    model_dir: Path, repo: Path, tmp_path: Path
+) -> None:
+    async def scenario() -> None:
+        app = make_app(model_dir, repo, tmp_path / "data", max_tokens=1000, rag=False, temperature=0.0)
+        async with app.run_test(size=SIZE) as pilot:
+            await send(pilot, app, "Tell a very long story.", key=False)
+            app.backend.options.max_tokens = 5  # the queued turn: short
+            await send(pilot, app, "second question", key=False)
+            screen = main_screen(app)
+            assert screen.queue == ["second question"]
+            assert screen.query_one("#queue").display
+            await wait_for(pilot, lambda: len(screen.query(AssistantMessage)) == 2 and not screen.queue)
+            await wait_for(pilot, lambda: screen.turn.done)
+            assert [u.text for u in screen.query(UserMessage)] == [
+                "Tell a very long story.",
+                "second question",
+            ]
+
+    asyncio.run(scenario())
+
+
+def test_resume_shows_the_history_and_continues_the_session(
+    model_dir: Path, repo: Path, tmp_path: Path
+) -> None:
+    async def first() -> str:
+        app = make_app(model_dir, repo, tmp_path / "data", max_tokens=8, rag=False)
+        async with app.run_test(size=SIZE) as pilot:
+            await send(pilot, app, "remember the parser")
+            screen = main_screen(app)
+            await wait_for(pilot, lambda: screen.turn is not None and screen.turn.done)
+            return screen.session_id
+
+    async def resumed(session_id: str) -> None:
+        app = make_app(model_dir, repo, tmp_path / "data", max_tokens=8, rag=False, resume=session_id[:8])
+        async with app.run_test(size=SIZE) as pilot:
+            screen = main_screen(app)
+            await wait_for(pilot, lambda: screen.session_id == session_id)
+            await pilot.pause(0.2)
+            assert [u.text for u in screen.query(UserMessage)] == ["remember the parser"]
+            await send(pilot, app, "and now?")
+            await wait_for(pilot, lambda: screen.turn is not None and screen.turn.done)
+            assert screen.session_id == session_id
+            assert screen.turn.result.tokens.get("cached", 0) > 0  # the first turn's KV blocks came back
+
+    session_id = asyncio.run(first())
+    asyncio.run(resumed(session_id))
+
+
+def test_sessions_are_listed_searched_renamed_forked_and_deleted(
+    model_dir: Path, repo: Path, tmp_path: Path
+) -> None:
+    async def scenario() -> None:
+        app = make_app(model_dir, repo, tmp_path / "data", max_tokens=6, rag=False)
+        async with app.run_test(size=SIZE) as pilot:
+            screen = main_screen(app)
+            await send(pilot, app, "where is the tokenizer cache")
+            await wait_for(pilot, lambda: screen.turn is not None and screen.turn.done)
+            sid = screen.session_id
+            service = app.backend.service
+            await pilot.press("ctrl+o")
+            listing = screen.query_one("#sessions-list")
+            await wait_for(
+                pilot, lambda: listing.option_count == 1 and listing.get_option_at_index(0).id == sid
+            )
+            screen.query_one("#sessions-search").value = "tokenizer"
+            await wait_for(
+                pilot,
+                lambda: (
+                    listing.option_count == 1 and "tokenizer" in str(listing.get_option_at_index(0).prompt)
+                ),
+            )
+            screen.query_one("#sessions-search").value = "zebra"
+            await wait_for(pilot, lambda: listing.get_option_at_index(0).id is None)
+            screen.query_one("#sessions-search").value = ""
+            await wait_for(pilot, lambda: listing.get_option_at_index(0).id == sid)
+            listing.focus()
+            listing.highlighted = 0
+            await pilot.press("r")
+            await pilot.pause(0.1)
+            app.screen.query_one("#answer").value = "Tokenizer questions"
+            await pilot.press("enter")
+            await wait_for(pilot, lambda: service.show(sid).title == "Tokenizer questions")
+            await pilot.press("f")
+            await wait_for(pilot, lambda: len(service.list(str(repo))) == 2)
+            fork = next(s for s in service.list(str(repo)) if s.id != sid)
+            assert fork.parent_id == sid
+            await wait_for(pilot, lambda: screen.session_id == fork.id)
+            listing.focus()
+            await wait_for(pilot, lambda: listing.option_count == 2)
+            index = next(i for i in range(2) if listing.get_option_at_index(i).id == sid)
+            listing.highlighted = index
+            await pilot.press("d")
+            await pilot.pause(0.1)
+            await pilot.press("y")
+            await wait_for(pilot, lambda: [s.id for s in service.list(str(repo))] == [fork.id])
+
+    asyncio.run(scenario())

@@ -1,0 +1,26 @@
+"""Helpers of the TUI tests: the real app on the real session service, a tiny model, a private Redis."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+
+from workbench.tui.app import WorkbenchApp
+from workbench.tui.backend import Backend, LaunchOptions
+
+SIZE = (110, 32)
+
+
+def make_app(model_dir: Path, repo: Path, data_dir: Path, **options: object) -> WorkbenchApp:
+    launch = LaunchOptions(repo=str(repo), model=str(model_dir), watch_index=False, **options)  # type: ignore[arg-type]
+    return WorkbenchApp(Backend(launch), data_dir)
+
+
+async def wait_for(pilot: object, condition: Callable[[], bool], timeout: float = 30.0) -> None:
+    """Let the app run until `condition()` holds (a worker finished, a reply arrived)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("timed out waiting for the app")
+        await pilot.pause(0.05)  # type: ignore[attr-defined]

@@ -1,0 +1,1 @@
+"""The TUI's screens: the main chat screen and the modals it opens."""

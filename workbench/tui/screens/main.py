@@ -1,0 +1,464 @@
+"""The main screen: sessions sidebar, the chat, the context panel, the prompt and the status bar.
+
+It turns the session service's events into widgets. Every call that may block (Redis, the model, the
+index) runs in a worker; a turn is followed with `async for event in turn.events_async()`, which never
+blocks the event loop.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.screen import Screen
+from textual.widgets import Footer, Static
+
+from workbench.tui.backend import IndexState
+from workbench.tui.screens.modals import ConfirmScreen, NoModelScreen, TextPromptScreen
+from workbench.tui.widgets.chat import AssistantMessage, ChatMessage, ChatView, LoadEarlier, UserMessage
+from workbench.tui.widgets.prompt import PromptInput
+from workbench.tui.widgets.sessions import SessionList, SessionsPanel
+from workbench.tui.widgets.status import StatusBar
+
+if TYPE_CHECKING:
+    from sessions.model import Session
+    from sessions.turn import Turn
+    from workbench.tui.app import WorkbenchApp
+
+WINDOW = 20  # messages shown when a session opens; "load earlier" adds this many more
+
+
+class MainScreen(Screen[None]):
+    BINDINGS = [
+        Binding("escape", "cancel", "Cancel reply", priority=True),
+        Binding("ctrl+n", "new_session", "New"),
+        Binding("ctrl+o", "toggle_sessions", "Sessions"),
+        Binding("ctrl+l", "toggle_context", "Context"),
+        Binding("ctrl+r", "copy_reply", "Copy reply"),
+        Binding("ctrl+b", "copy_block", "Copy code"),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.session_id: str | None = None
+        self.session_messages: list[Any] = []  # the open session's messages (for "load earlier")
+        self.first_shown = 0  # index of the first message on screen
+        self.turn: Turn | None = None
+        self.queue: list[str] = []
+        self.busy = False  # a turn was submitted and has not ended
+        self.rag: bool | None = None
+        self.thinking: bool | None = None
+
+    @property
+    def wb(self) -> WorkbenchApp:
+        return self.app  # type: ignore[return-value]
+
+    def compose(self) -> ComposeResult:
+        with Horizontal(id="body"):
+            yield SessionsPanel(id="sessions")
+            with Vertical(id="main"):
+                yield ChatView(id="chat")
+                yield Static("", id="queue")
+                yield PromptInput(self.wb.history, id="prompt")
+            yield Static("[dim]No turn yet: retrieved code and the cache report show here.[/]", id="context")
+        yield StatusBar(id="status")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        settings = self.wb.settings
+        self.query_one("#sessions").display = settings.show_sessions
+        self.query_one("#context").display = settings.show_context
+        self.query_one(PromptInput).focus()
+        self.connect()
+
+    # -- start-up (a worker: the first frame is already painted) -----------------------------------
+
+    @work(thread=True, exclusive=True, group="connect")
+    def connect(self) -> None:
+        backend = self.wb.backend
+        bar = self.query_one(StatusBar)
+        model = backend.model_name()
+        self.app.call_from_thread(bar.change, model=model, activity="connecting")
+        backend.connect()
+        self.app.call_from_thread(bar.change, redis=f"redis {backend.redis_state()}", activity="ready")
+        problem = backend.model_problem(model)
+        if problem:
+            self.app.call_from_thread(self._no_model, model, problem)
+        try:
+            to_open = backend.session_to_open()
+        except Exception as exc:  # a bad --resume id: say so, start a new session instead
+            self.app.call_from_thread(self.notify, str(exc), title="Cannot resume", severity="error")
+            to_open = None
+        if to_open:
+            self.open_session(to_open)
+        self.app.call_from_thread(self.refresh_sessions)
+        if backend.options.watch_index:
+            backend.start_index(lambda state: self.app.call_from_thread(self._index_state, state))
+
+    def _no_model(self, model: str, problem: str) -> None:
+        def chosen(answer: str | None) -> None:
+            if answer == "pull":
+                self.pull_model(model)
+
+        self.app.push_screen(NoModelScreen(model, problem), chosen)
+
+    @work(thread=True, group="pull")
+    def pull_model(self, model: str) -> None:
+        self.app.call_from_thread(self.query_one(StatusBar).change, activity=f"pulling {model}")
+        try:
+            path = self.wb.backend.pull_model(model)
+        except Exception as exc:
+            self.app.call_from_thread(self.notify, str(exc), title="Pull failed", severity="error")
+            self.app.call_from_thread(self.query_one(StatusBar).change, activity="no model")
+            return
+        self.app.call_from_thread(self.notify, f"{model} is in {path}", title="Model ready")
+        self.app.call_from_thread(self.query_one(StatusBar).change, activity="ready")
+
+    def _index_state(self, state: IndexState) -> None:
+        if state.state == "ready":
+            text = f"index {state.files:,} files · {state.chunks:,} chunks"
+        elif state.state == "off":
+            text = "index off"
+            self.notify(state.detail, title="Index", severity="warning")
+        else:
+            text = f"index {state.state}…"
+        self.query_one(StatusBar).change(index=text)
+
+    # -- showing a session --------------------------------------------------------------------------
+
+    async def _show_session(self, session: Session) -> None:
+        chat = self.query_one(ChatView)
+        await chat.remove_children()
+        self.session_id = session.id
+        self.session_messages = list(session.messages)
+        self.first_shown = max(0, len(self.session_messages) - WINDOW)
+        if self.first_shown:
+            await chat.mount(LoadEarlier(self.first_shown))
+        await chat.mount_all(self._widgets_for(self.first_shown, len(self.session_messages)))
+        chat.following = True
+        chat.to_bottom()
+        cached = len(session.history)
+        self.query_one(StatusBar).change(model=session.model, context_used=cached)
+        self.sub_title = session.title
+        if session.messages:
+            self.notify(
+                f"{session.title}: {len(session.messages)} messages; {cached:,} tokens of KV history "
+                "to restore from the block store on the next turn",
+                title="Resumed",
+            )
+
+    def _widgets_for(self, start: int, end: int) -> list[ChatMessage]:
+        widgets: list[ChatMessage] = []
+        for index in range(start, end):
+            message = self.session_messages[index]
+            if message.role == "user":
+                widgets.append(UserMessage(message.content, index + 1))
+            elif message.role == "assistant":
+                reply = AssistantMessage(message.content, message.reasoning, index + 1)
+                if message.status == "interrupted":
+                    reply.add_class("interrupted")
+                widgets.append(reply)
+        return widgets
+
+    @on(LoadEarlier.Pressed)
+    async def load_earlier(self, event: LoadEarlier.Pressed) -> None:
+        event.stop()
+        chat = self.query_one(ChatView)
+        start = max(0, self.first_shown - WINDOW)
+        widgets = self._widgets_for(start, self.first_shown)
+        bar = chat.query_one(LoadEarlier)
+        self.first_shown = start
+        await chat.mount_all(widgets, after=bar)
+        if start:
+            bar.update(f"▲ {start} earlier messages — Enter or click to load")
+        else:
+            await bar.remove()
+
+    # -- turns --------------------------------------------------------------------------------------
+
+    @on(PromptInput.Submitted)
+    def submitted(self, event: PromptInput.Submitted) -> None:
+        if self.busy:
+            self.queue.append(event.text)
+            self._show_queue()
+            return
+        self.busy = True  # set here, not in the worker: a second Enter must queue, not start a turn
+        self.run_turn(event.text)
+
+    def _show_queue(self) -> None:
+        queue = self.query_one("#queue", Static)
+        queue.display = bool(self.queue)
+        queue.update(f"[dim]queued ({len(self.queue)}): {self.queue[0][:60]!r}…[/]" if self.queue else "")
+
+    @work(exclusive=True, group="turn")
+    async def run_turn(self, prompt: str) -> None:
+        chat = self.query_one(ChatView)
+        bar = self.query_one(StatusBar)
+        chat.following = True
+        await chat.mount(UserMessage(prompt))
+        reply = AssistantMessage()
+        await chat.mount(reply)
+        chat.to_bottom()
+        options = self.wb.backend.turn_options(self.rag, self.thinking)
+        turn = self.turn = self.wb.backend.start_turn(self.session_id, prompt, options)
+        first_token = 0.0
+        tokens = 0
+        async for event in turn.events_async():
+            kind = event.type
+            if kind == "delta":
+                if not first_token:
+                    first_token = time.monotonic()
+                    bar.change(activity="answering")
+                tokens += 1
+                reply.add_delta(event.text, event.kind)
+                if reply.due(time.monotonic()):
+                    await reply.flush()
+                    chat.to_bottom()
+                    elapsed = time.monotonic() - first_token
+                    if elapsed > 0.5:
+                        bar.change(tok_s=tokens / elapsed)
+            elif kind == "result":
+                await self._finish(reply, event)
+            else:
+                self._progress(event)
+        chat.to_bottom()
+        chat.prune()
+        if self.queue:
+            self.run_turn(self.queue.pop(0))
+            self._show_queue()
+        else:
+            self.busy = False
+
+    def _progress(self, event: Any) -> None:
+        bar = self.query_one(StatusBar)
+        kind = event.type
+        if kind == "session":
+            self.session_id = event.session_id
+            bar.change(model=event.model, backend=event.backend)
+        elif kind == "queued":
+            bar.change(activity=f"queued #{event.position}")
+        elif kind == "model_loading":
+            bar.change(activity="model loaded" if event.done else f"loading {event.name}")
+        elif kind == "retrieval":
+            self.query_one("#context", Static).update(context_report(event, None))
+            self._last_retrieval = event
+        elif kind == "cache":
+            self.query_one("#context", Static).update(
+                context_report(getattr(self, "_last_retrieval", None), event)
+            )
+            bar.change(activity=f"prefill {event.prefill_tokens:,} (cached {event.cached_tokens:,})")
+        elif kind == "prefill":
+            bar.change(activity=f"prefill {event.done:,}/{event.total:,}")
+
+    async def _finish(self, reply: AssistantMessage, result: Any) -> None:
+        bar = self.query_one(StatusBar)
+        interrupted = result.finish_reason == "cancelled"
+        tokens = result.tokens or {}
+        timings = result.timings or {}
+        parts = [result.finish_reason or "done"]
+        if interrupted:
+            parts = ["interrupted (Esc): partial reply kept"]
+        if timings.get("decode_tok_s"):
+            parts.append(f"{timings['decode_tok_s']:.1f} tok/s")
+        if tokens.get("prompt"):
+            parts.append(f"prompt {tokens['prompt']:,} ({tokens.get('cached', 0):,} cached)")
+        await reply.finish(" · ".join(parts), result.message, interrupted)
+        if result.is_error:
+            self.notify(result.error or "the turn failed", title="Error", severity="error")
+        used = tokens.get("prompt", 0) + tokens.get("generated", 0)
+        bar.change(
+            activity="interrupted" if interrupted else ("error" if result.is_error else "ready"),
+            context_used=used,
+            tok_s=timings.get("decode_tok_s", 0.0),
+        )
+        if result.session_id:
+            self.session_id = result.session_id
+        self.refresh_sessions()
+
+    def action_cancel(self) -> None:
+        if self.busy and self.turn is not None and not self.turn.done:
+            self.turn.cancel()
+            if self.queue:
+                self.queue.clear()
+                self._show_queue()
+            self.notify("Stopping the reply (the partial reply is kept)", title="Cancel")
+        elif self.focused is not None and not isinstance(self.focused, PromptInput):
+            self.query_one(PromptInput).focus()
+
+    # -- sessions -----------------------------------------------------------------------------------
+
+    @work(thread=True, exclusive=True, group="sessions")
+    def refresh_sessions(self, query: str = "") -> None:
+        backend = self.wb.backend
+        all_repos = self.wb.settings.all_repos
+        try:
+            rows = backend.search(query, all_repos) if query.strip() else backend.sessions(all_repos)
+        except Exception as exc:
+            self.app.call_from_thread(self.notify, str(exc), title="Sessions", severity="error")
+            return
+        panel = self.query_one(SessionsPanel)
+        self.app.call_from_thread(panel.show_sessions, rows, all_repos, self.session_id)
+
+    @on(SessionsPanel.SearchChanged)
+    def search_changed(self, event: SessionsPanel.SearchChanged) -> None:
+        self.refresh_sessions(event.query)
+
+    @on(SessionList.OptionSelected)
+    def open_selected(self, event: SessionList.OptionSelected) -> None:
+        if event.option.id:
+            self.open_session(event.option.id)
+
+    @work(thread=True, exclusive=True, group="open")
+    def open_session(self, session_id: str) -> None:
+        try:
+            session = self.wb.backend.open(session_id)
+        except Exception as exc:
+            self.app.call_from_thread(self.notify, str(exc), title="Cannot open", severity="error")
+            return
+        self.app.call_from_thread(self._show_session, session)
+        self.app.call_from_thread(self.refresh_sessions)
+
+    @on(SessionList.Action)
+    def session_action(self, event: SessionList.Action) -> None:
+        sid = event.session_id
+        if event.action == "toggle_all":
+            self.wb.settings.all_repos = not self.wb.settings.all_repos
+            self.wb.save_settings()
+            self.refresh_sessions()
+        elif sid is None:
+            return
+        elif event.action == "delete":
+            self.app.push_screen(
+                ConfirmScreen(f"Delete session {sid[:8]}? Its messages cannot be recovered."),
+                lambda yes: self.session_job("delete", sid) if yes else None,
+            )
+        elif event.action == "rename":
+            self.app.push_screen(
+                TextPromptScreen("New title:"),
+                lambda title: self.session_job("rename", sid, title) if title else None,
+            )
+        else:
+            self.session_job(event.action, sid)
+
+    @work(thread=True, group="session-job")
+    def session_job(self, action: str, session_id: str, argument: Any = None) -> None:
+        backend = self.wb.backend
+        try:
+            if action == "delete":
+                backend.delete(session_id)
+                message = f"Deleted session {session_id[:8]}"
+                if session_id == self.session_id:
+                    self.app.call_from_thread(self.action_new_session)
+            elif action == "rename":
+                message = f"Renamed to {backend.rename(session_id, argument).title!r}"
+            elif action == "export":
+                message = f"Exported to {backend.export(session_id, backend.options.repo)}"
+            elif action == "fork":
+                child = backend.fork(session_id, argument)
+                message = f"Forked into {child.id[:8]} ({child.message_count} messages)"
+                self.app.call_from_thread(self.open_session, child.id)
+            else:
+                return
+        except Exception as exc:
+            self.app.call_from_thread(self.notify, str(exc), title=action.title(), severity="error")
+            return
+        self.app.call_from_thread(self.notify, message)
+        self.app.call_from_thread(self.refresh_sessions)
+
+    @on(ChatMessage.ForkRequested)
+    def fork_at(self, event: ChatMessage.ForkRequested) -> None:
+        if self.session_id:
+            self.session_job("fork", self.session_id, event.number)
+
+    @on(ChatMessage.CopyRequested)
+    def copy_message(self, event: ChatMessage.CopyRequested) -> None:
+        self.wb.copy_text(event.text, event.what)
+
+    async def action_new_session(self) -> None:
+        if self.busy:
+            self.notify("A reply is running: Esc to stop it first", severity="warning")
+            return
+        self.session_id = None
+        self.session_messages = []
+        await self.query_one(ChatView).remove_children()
+        self.query_one(StatusBar).change(context_used=0, tok_s=0.0, activity="new session")
+        self.run_worker(self.wb.backend.forget_open, thread=True)
+
+    # -- panels and copying -------------------------------------------------------------------------
+
+    def action_toggle_sessions(self) -> None:
+        panel = self.query_one("#sessions")
+        panel.display = not panel.display
+        self.wb.settings.show_sessions = panel.display
+        self.wb.save_settings()
+        if panel.display:
+            self.refresh_sessions()
+            self.query_one(SessionList).focus()
+
+    def action_toggle_context(self) -> None:
+        panel = self.query_one("#context")
+        panel.display = not panel.display
+        self.wb.settings.show_context = panel.display
+        self.wb.save_settings()
+
+    def last_reply(self) -> AssistantMessage | None:
+        replies = list(self.query(AssistantMessage))
+        return replies[-1] if replies else None
+
+    def action_copy_reply(self) -> None:
+        reply = self.last_reply()
+        if reply is None or not reply.text:
+            self.notify("No reply to copy yet", severity="warning")
+            return
+        self.wb.copy_text(reply.text, "the last reply")
+
+    def action_copy_block(self) -> None:
+        from workbench.tui.widgets.chat import code_blocks
+
+        reply = self.last_reply()
+        blocks = code_blocks(reply.text) if reply else []
+        if not blocks:
+            self.notify("The last reply has no code block", severity="warning")
+            return
+        if len(blocks) == 1:
+            self.wb.copy_text(blocks[0], "the code block")
+            return
+
+        def chosen(answer: str | None) -> None:
+            if answer and answer.strip().isdigit() and 1 <= int(answer) <= len(blocks):
+                self.wb.copy_text(blocks[int(answer) - 1], f"code block {answer}")
+
+        self.app.push_screen(
+            TextPromptScreen(f"Which code block (1–{len(blocks)})?", str(len(blocks))), chosen
+        )
+
+
+def context_report(retrieval: Any, cache: Any) -> str:
+    """The context panel's text: the chunks retrieved for the turn and its cache report."""
+    lines = ["[b]Retrieved code[/b]"]
+    if retrieval is None:
+        lines.append("[dim]none[/]")
+    elif retrieval.skipped:
+        lines.append(f"[dim]skipped: {retrieval.skipped}[/]")
+    else:
+        for chunk in retrieval.chunks:
+            symbol = f" {chunk.symbol}" if chunk.symbol else ""
+            lines.append(
+                f"{chunk.path}:{chunk.start_line}-{chunk.end_line}{symbol}  "
+                f"[dim]{chunk.score:.2f} · {chunk.tokens} tok[/]"
+            )
+        lines.append(f"[dim]{retrieval.tokens:,} of {retrieval.budget:,} tokens[/]")
+    if cache is not None:
+        tiers = ", ".join(f"{tier} {n:,}" for tier, n in cache.by_tier.items()) or "none"
+        lines += [
+            "",
+            "[b]Cache[/b]",
+            f"prompt {cache.prompt_tokens:,} · reused {cache.cached_tokens:,}"
+            f" · prefilled {cache.prefill_tokens:,}",
+            f"from: {tiers} · restore {cache.restore_s:.2f} s",
+        ]
+    return "\n".join(lines)
