@@ -123,8 +123,11 @@ def _finish(job: Any, model: Any, name: str, prompt_ids: list[int], cache: Any, 
     history = list(step.cached_ids) if outcome.error is None else None
     if blocks is not None and history:
         try:
-            blocks.save(model, cache, history)
-            blocks.pin(s.id, model, history)
+            from kvstore import space_of
+
+            space = space_of(model)
+            blocks.save(space, cache, history)
+            blocks.pin(s.id, space, history)
         except Exception as exc:  # the transcript is worth more than its cache
             log.warning("session %s: KV blocks not saved (%s)", s.id, exc)
     records = {r.call_id: r for r in outcome.records}

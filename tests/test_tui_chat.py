@@ -59,6 +59,9 @@ def test_a_prompt_streams_a_reply_that_is_recorded(model_dir: Path, repo: Path, 
             session = app.backend.service.show(screen.session_id)
             assert [m.content for m in session.messages] == ["Say hello", reply.text]
             assert app.history.entries == ["Say hello"]  # remembered for Up/Down next time
+            await pilot.press("ctrl+r")
+            assert app.clipboard == reply.text
+            assert app.copied[-1].chars == len(reply.text)
 
     asyncio.run(scenario())
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 
 def run(args: argparse.Namespace) -> int:
@@ -20,6 +21,9 @@ def run(args: argparse.Namespace) -> int:
         thinking=getattr(args, "thinking", None),
         max_tokens=getattr(args, "max_tokens", None),
         temperature=getattr(args, "temperature", None),
+        watch_index=not os.environ.get(
+            "WORKBENCH_NO_INDEX"
+        ),  # the TUI runs the repo's watcher unless this is set
     )
     from workbench.tui.backend import Backend
 
