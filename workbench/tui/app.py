@@ -22,7 +22,7 @@ from workbench.tui.settings import TuiSettings
 
 
 class WorkbenchApp(App[None]):
-    CSS_PATH = "app.tcss"
+    CSS_PATH = Path(__file__).with_name("app.tcss")  # absolute: subclasses elsewhere keep the styles
     TITLE = "workbench"
     ENABLE_COMMAND_PALETTE = True
 

@@ -73,7 +73,8 @@ class MainScreen(Screen[None]):
         self.query_one("#sessions").display = settings.show_sessions
         self.query_one("#context").display = settings.show_context
         self.query_one(PromptInput).focus()
-        self.connect()
+        # After the first frame: the worker's imports (redis, the engine) would compete for the GIL.
+        self.call_after_refresh(self.connect)
 
     # -- start-up (a worker: the first frame is already painted) -----------------------------------
 

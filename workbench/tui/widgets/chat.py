@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 import time
+from typing import TYPE_CHECKING
 
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -24,8 +25,10 @@ from textual.containers import Vertical, VerticalScroll
 from textual.message import Message
 from textual.reactive import reactive
 from textual.widget import Widget
-from textual.widgets import Collapsible, Markdown, Static
-from textual.widgets.markdown import MarkdownStream
+from textual.widgets import Static
+
+if TYPE_CHECKING:
+    from textual.widgets.markdown import MarkdownStream
 
 FLUSH_S = 0.2
 PRUNE_LINES = 1500
@@ -92,6 +95,9 @@ class AssistantMessage(ChatMessage):
         self.finished = False
 
     def compose(self) -> ComposeResult:
+        # Imported here: Markdown (markdown-it, Pygments) is heavy and not needed for the first frame.
+        from textual.widgets import Collapsible, Markdown
+
         with Collapsible(title="reasoning", collapsed=True, classes="reasoning") as box:
             box.display = bool(self.reasoning)
             yield Markdown(self.reasoning, classes="reasoning-text")
@@ -104,7 +110,7 @@ class AssistantMessage(ChatMessage):
         self._pending["reasoning" if kind == "reasoning" else "answer"].append(text)
         if kind == "reasoning":
             self.reasoning += text
-            self.query_one(".reasoning", Collapsible).display = True
+            self.query_one(".reasoning").display = True
         else:
             self.text += text
 
@@ -121,6 +127,8 @@ class AssistantMessage(ChatMessage):
             self._pending[kind] = []
             stream = self._streams.get(kind)
             if stream is None:
+                from textual.widgets import Markdown
+
                 stream = self._streams[kind] = Markdown.get_stream(self.query_one(selector, Markdown))
             await stream.write("".join(parts))
 
