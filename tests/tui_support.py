@@ -17,10 +17,12 @@ def make_app(model_dir: Path, repo: Path, data_dir: Path, **options: object) -> 
     return WorkbenchApp(Backend(launch), data_dir)
 
 
-async def wait_for(pilot: object, condition: Callable[[], bool], timeout: float = 30.0) -> None:
+async def wait_for(pilot: object, condition: Callable[[], bool], timeout: float = 60.0) -> None:
     """Let the app run until `condition()` holds (a worker finished, a reply arrived)."""
     deadline = asyncio.get_running_loop().time() + timeout
     while not condition():
         if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("timed out waiting for the app")
+            app = pilot.app  # type: ignore[attr-defined]
+            said = [n.message for n in app._notifications]
+            raise AssertionError(f"timed out waiting for the app; its notifications: {said}")
         await pilot.pause(0.05)  # type: ignore[attr-defined]
