@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import threading
 from typing import TYPE_CHECKING, Any
@@ -30,6 +31,26 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="take over a request another worker left pending this long (default 30000)",
     )
     p.add_argument("--max-requests", type=int, default=None, metavar="N", help="exit after N requests")
+    http = p.add_argument_group("HTTP front door (OpenAI-compatible)")
+    http.add_argument(
+        "--http",
+        nargs="?",
+        const="127.0.0.1:8080",
+        metavar="HOST:PORT",
+        help="serve /v1/chat/completions, /v1/completions, /v1/models (default 127.0.0.1:8080)",
+    )
+    http.add_argument(
+        "--serve-model",
+        dest="serve_models",
+        action="append",
+        metavar="NAME",
+        help="a model to serve (repeatable; default Qwen/Qwen3-0.6B)",
+    )
+    http.add_argument("--serve-backend", dest="serve_backend", choices=("numpy", "mlx"))
+    http.add_argument("--api-key", help="require `Authorization: Bearer KEY` (default: $WORKBENCH_API_KEY)")
+    http.add_argument("--max-body", type=int, default=4 << 20, metavar="BYTES", help="largest request body")
+    http.add_argument("--max-concurrent", type=int, default=8, metavar="N",
+                      help="requests in progress at once; more get 429 (default 8)")  # fmt: skip
     p.set_defaults(func=run_serve)
 
 
@@ -38,6 +59,8 @@ def run_serve(args: argparse.Namespace) -> int:
     from serve.worker import Worker
     from sessions.service import SessionService
 
+    if args.http is not None:
+        return run_http(args)
     if args.claim_idle_ms < 100:
         raise UsageError(f"--claim-idle-ms must be >= 100, got {args.claim_idle_ms}")
     client = redis_server.connect()
@@ -50,6 +73,47 @@ def run_serve(args: argparse.Namespace) -> int:
         except KeyboardInterrupt:
             return 130
     return 0
+
+
+def parse_bind(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UsageError(f"--http wants HOST:PORT (e.g. 127.0.0.1:8080), got {value!r}")
+    return host.strip("[]"), int(port)
+
+
+def run_http(args: argparse.Namespace) -> int:
+    import ipaddress
+
+    from serve.completion import Completer
+    from serve.http import Limits, serve_http
+
+    host, port = parse_bind(args.http)
+    api_key = args.api_key or os.environ.get("WORKBENCH_API_KEY") or None
+    loopback = host == "localhost" or _is_loopback(host, ipaddress)
+    if not loopback and not api_key:
+        raise UsageError(
+            f"--http {args.http} is not a loopback address: give --api-key (or WORKBENCH_API_KEY)"
+        )
+    if args.max_body < 1 or args.max_concurrent < 1:
+        raise UsageError("--max-body and --max-concurrent must be >= 1")
+    import engine
+
+    completer = Completer(args.serve_models or [engine.DEFAULT_MODEL], backend=args.serve_backend)
+    try:
+        completer.preload()
+        print(f"workbench: serving {', '.join(completer.models)} on http://{host}:{port}/v1", flush=True)
+        serve_http(completer, host, port, Limits(api_key, args.max_body, args.max_concurrent))
+    finally:
+        completer.close()
+    return 0
+
+
+def _is_loopback(host: str, ipaddress: Any) -> bool:
+    try:
+        return bool(ipaddress.ip_address(host).is_loopback)
+    except ValueError:
+        return False
 
 
 def run_remote(request: TurnRequest, prompt: str) -> int:
