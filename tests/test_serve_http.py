@@ -136,3 +136,12 @@ def test_past_the_concurrency_limit_requests_get_429(base_url: str, model_dir: P
     assert codes == [200, 200]
     # Their slots came back.
     assert httpx.post(url, json={**ask, "max_tokens": 2}, headers=auth, timeout=30).status_code == 200
+
+
+def test_the_cli_refuses_a_public_bind_without_a_key_and_a_bad_bind() -> None:
+    from tests.headless_support import workbench
+
+    public = workbench("serve", "--http", "0.0.0.0:8080")
+    assert public.code == 2 and "not a loopback address: give --api-key" in public.stderr
+    bad = workbench("serve", "--http", "localhost")
+    assert bad.code == 2 and "--http wants HOST:PORT" in bad.stderr
