@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sessions.engine_thread import EngineThread
+from sessions.engine_thread import EngineThread, Job
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,10 @@ class Completer:
         self._blocks_failed = False
 
     def submit(self, job: CompletionJob) -> None:
-        self._engine.submit(lambda: self._run(job))
+        def dropped() -> None:
+            job.emit(RuntimeError("the request was dropped before it ran"))
+
+        self._engine.submit(Job(lambda: self._run(job), dropped))
 
     def preload(self) -> None:
         """Load every served model now (on the engine thread), so the first request does not pay it."""
@@ -66,7 +69,7 @@ class Completer:
             finally:
                 done.set()
 
-        self._engine.submit(load)
+        self._engine.submit(Job(load, done.set))
         done.wait()
         if failed:
             raise failed[0]
@@ -78,7 +81,7 @@ class Completer:
 
     def _block_store(self) -> Any:
         if self._blocks == "open" and not self._blocks_failed:
-            from sessions.kv_redis import open_block_store
+            from kvstore.open import open_block_store
 
             try:
                 self._blocks = open_block_store()
@@ -96,6 +99,7 @@ class Completer:
     def _complete(self, job: CompletionJob) -> Finished:
         import engine
         from engine.errors import ContextLengthError
+        from kvstore import space_of
 
         model = self._engine.model(job.model, self.backend)
         ids = job.build_ids(model.tokenizer)
@@ -108,7 +112,7 @@ class Completer:
         params = engine.SamplingParams(**sampling)
         cache = model.make_cache()
         blocks = self._block_store()
-        restored = blocks.restore(model, cache, ids) if blocks is not None else None
+        restored = blocks.restore(space_of(model), cache, ids) if blocks is not None else None
         result = None
         for ev in engine.generate(
             model, ids, params, cache=cache, last_logits=restored.last_logits if restored else None,
@@ -120,7 +124,7 @@ class Completer:
                 job.emit(ev)
         assert result is not None  # generate always ends with its GenerationResult
         if blocks is not None and result.finish_reason != "cancelled":
-            blocks.save(model, cache, (ids + result.token_ids)[: cache.offset])
+            blocks.save(space_of(model), cache, (ids + result.token_ids)[: cache.offset])
         return Finished(
             text=result.text,
             finish_reason="length" if result.finish_reason == "length" else "stop",

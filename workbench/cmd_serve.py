@@ -131,4 +131,4 @@ def run_remote(request: TurnRequest, prompt: str) -> int:
         options["backend"] = request.backend
     writer = headless.make_writer(request.output_format)
     turn = start_remote_turn(redis_server.connect(), prompt, request.resume, options)
-    return headless.drive(turn, writer, new_session=request.resume is None)  # type: ignore[arg-type]
+    return headless.drive(turn, writer)  # type: ignore[arg-type]
