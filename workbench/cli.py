@@ -23,6 +23,7 @@ COMMAND_MODULES = [
     "workbench.cmd_sessions",
     "workbench.cmd_run",
     "workbench.cmd_index",
+    "workbench.cmd_serve",
 ]
 
 

@@ -142,6 +142,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="answer PROMPT and exit (`-p -` reads it from stdin)",
     )
     source.add_argument("--prompt-file", metavar="FILE", help="answer the prompt in FILE and exit")
+    prompt.add_argument("--remote", action="store_true", help="run the turn on a `workbench serve` worker")
     add_turn_options(parser)
 
 
@@ -257,6 +258,10 @@ def run(args: argparse.Namespace) -> int:
     """`workbench -p PROMPT ...`: one turn."""
     prompt = read_prompt(args)
     request = turn_request(args)
+    if option(args, "remote", False):
+        from workbench.cmd_serve import run_remote
+
+        return run_remote(request, prompt)
     return run_turns(request, [prompt])
 
 

@@ -1,0 +1,145 @@
+"""An engine worker: turn requests from the `{wbq}` stream's consumer group, run by the session service.
+
+Delivery is at least once (a pending request of a dead worker is XAUTOCLAIMed after `claim_idle_ms`);
+answering is at most once: a finished request's result is recorded under its id in the same
+transaction that XACKs it, and a request whose result exists is acked without running again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from typing import Any
+
+import redis
+
+from core.errors import WorkbenchError
+from serve import protocol
+from serve.protocol import GROUP, REQUESTS, Request
+from sessions.options import TurnOptions
+from sessions.service import SessionService
+
+log = logging.getLogger(__name__)
+
+
+class Worker:
+    def __init__(
+        self,
+        client: redis.Redis,
+        service: SessionService,
+        name: str | None = None,
+        claim_idle_ms: int = 30_000,
+        block_ms: int = 1000,
+        reply_ttl_s: int = 3600,
+    ) -> None:
+        self.client = client
+        self.service = service
+        self.name = name or f"{socket.gethostname()}:{os.getpid()}"
+        self.claim_idle_ms = claim_idle_ms
+        self.block_ms = block_ms
+        self.reply_ttl_s = reply_ttl_s
+        self._ensure_group()
+
+    def _ensure_group(self) -> None:
+        try:
+            self.client.xgroup_create(REQUESTS, GROUP, id="0", mkstream=True)
+        except redis.ResponseError as e:
+            if "BUSYGROUP" not in str(e):
+                raise
+
+    def run(self, stop: threading.Event | None = None, max_requests: int | None = None) -> int:
+        """Serve until `stop` is set (or `max_requests` were handled); returns how many were handled."""
+        handled = 0
+        while not (stop and stop.is_set()) and (max_requests is None or handled < max_requests):
+            if self.step():
+                handled += 1
+        return handled
+
+    def step(self) -> bool:
+        """Handle at most one request: first one a dead worker left pending, else a new one."""
+        _, claimed, *_ = self.client.xautoclaim(
+            REQUESTS, GROUP, self.name, min_idle_time=self.claim_idle_ms, start_id="0-0", count=1
+        )
+        entries = [e for e in claimed if e and e[1]]  # a deleted entry comes back without fields
+        if not entries:
+            got = self.client.xreadgroup(GROUP, self.name, {REQUESTS: ">"}, count=1, block=self.block_ms)
+            entries = got[0][1] if got else []
+        for entry_id, fields in entries:
+            self.handle(entry_id, fields)
+        return bool(entries)
+
+    def handle(self, entry_id: bytes, fields: dict[bytes, bytes]) -> None:
+        try:
+            request = Request.parse(fields)
+        except WorkbenchError as e:
+            rid = fields.get(b"id", b"").decode() or entry_id.decode()
+            self._finish(entry_id, rid, _error_result(None, str(e), e.exit_code))
+            return
+        if self.client.exists(protocol.done_key(request.id)):
+            log.info("request %s was answered already: acked, not run again", request.id)
+            self._ack(entry_id)
+            return
+        attempt = int(self.client.hincrby(protocol.run_key(request.id), "attempts", 1))
+        self.client.hset(protocol.run_key(request.id), "worker", self.name)
+        if attempt > 1:  # a reader discards what it got from the earlier attempt
+            self._emit(request.id, {"type": "requeued", "session_id": None, "attempt": attempt,
+                                    "worker": self.name})  # fmt: skip
+        result = self._run_turn(entry_id, request)
+        self._finish(entry_id, request.id, result)
+
+    def _run_turn(self, entry_id: bytes, request: Request) -> dict[str, Any]:
+        # A re-run continues the session the first attempt recorded, not a second new one.
+        recorded = self.client.hget(protocol.run_key(request.id), "session")
+        session = request.session or (recorded.decode() if recorded else None)
+        try:
+            turn = self.service.start_turn(session, request.prompt, TurnOptions(**request.options))
+        except WorkbenchError as e:
+            return _error_result(session, str(e), e.exit_code)
+        except TypeError as e:  # a option of the wrong kind for TurnOptions
+            return _error_result(session, f"request {request.id}: bad options ({e})", 2)
+        beat = time.monotonic()
+        for event in turn:
+            data = event.to_dict()
+            if data.get("type") == "result":
+                return data
+            if data.get("type") == "session" and data.get("created"):
+                self.client.hset(protocol.run_key(request.id), "session", data["session_id"])
+            self._emit(request.id, data)  # event types this worker does not know are forwarded as they are
+            if time.monotonic() - beat > self.claim_idle_ms / 3000:
+                beat = time.monotonic()
+                self._heartbeat(entry_id)
+        return _error_result(turn.session_id, "the turn ended without a result", 1)
+
+    def _heartbeat(self, entry_id: bytes) -> None:
+        """Reset the entry's idle time, so a long turn of a live worker is never claimed by another."""
+        self.client.xclaim(REQUESTS, GROUP, self.name, min_idle_time=0, message_ids=[entry_id], justid=True)
+
+    def _emit(self, request_id: str, event: dict[str, Any]) -> None:
+        self.client.xadd(protocol.reply_key(request_id), {"event": json.dumps(event)})
+
+    def _finish(self, entry_id: bytes, request_id: str, result: dict[str, Any]) -> None:
+        """Send and record the result, ack and drop the request: one transaction."""
+        key = protocol.reply_key(request_id)
+        pipe = self.client.pipeline(transaction=True)
+        pipe.xadd(key, {"event": json.dumps(result)})
+        pipe.expire(key, self.reply_ttl_s)
+        pipe.set(protocol.done_key(request_id), json.dumps(result), ex=self.reply_ttl_s)
+        pipe.delete(protocol.run_key(request_id))
+        pipe.xack(REQUESTS, GROUP, entry_id)
+        pipe.xdel(REQUESTS, entry_id)
+        pipe.execute()
+
+    def _ack(self, entry_id: bytes) -> None:
+        pipe = self.client.pipeline(transaction=True)
+        pipe.xack(REQUESTS, GROUP, entry_id)
+        pipe.xdel(REQUESTS, entry_id)
+        pipe.execute()
+
+
+def _error_result(session_id: str | None, message: str, exit_code: int) -> dict[str, Any]:
+    return {"type": "result", "session_id": session_id, "text": "", "reasoning": "", "finish_reason": "error",
+            "is_error": True, "error": message, "exit_code": exit_code}  # fmt: skip

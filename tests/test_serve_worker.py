@@ -1,0 +1,178 @@
+"""Engine workers fed through a Redis Stream: request in, the turn's events out, exactly one answer.
+
+Real components: the suite's redis-server, the tiny Qwen3 fixture, and `workbench serve` subprocesses
+for the worker-kill case.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from serve import protocol
+from serve.client import start_remote_turn
+from serve.protocol import GROUP, REQUESTS, Request, ServerBusy
+from serve.worker import Worker
+from sessions import SessionService
+from tests.headless_support import ROOT, chat_model_dir, command, env, workbench
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return chat_model_dir(tmp_path_factory.getbasetemp())
+
+
+@pytest.fixture
+def worker(redis_client: redis.Redis) -> Iterator[Worker]:
+    """One in-process worker serving on a thread until the test ends."""
+    svc = SessionService(redis_client)
+    w = Worker(redis_client, svc, name="test-worker", claim_idle_ms=60_000, block_ms=100)
+    stop = threading.Event()
+    thread = threading.Thread(target=w.run, args=(stop,), daemon=True)
+    thread.start()
+    yield w
+    stop.set()
+    thread.join(timeout=10)
+    svc.close()
+
+
+def options(model_dir: Path, **extra: object) -> dict[str, object]:
+    return {"model": str(model_dir), "repo": str(model_dir), "rag": False, "temperature": 0.0,
+            "max_tokens": 8, **extra}  # fmt: skip
+
+
+def reply_events(r: redis.Redis, request_id: str) -> list[dict]:
+    return [json.loads(f[b"event"]) for _, f in r.xrange(protocol.reply_key(request_id))]
+
+
+def test_a_request_is_answered_with_the_stream_json_events_and_acked(
+    redis_client: redis.Redis, worker: Worker, model_dir: Path
+) -> None:
+    turn = start_remote_turn(redis_client, "Where is the parser?", options=options(model_dir))
+    events = [e.to_dict() for e in turn]
+    # The service's progress events (queued, model_loading, prefill, ...) are forwarded as they are.
+    progress = {"queued", "model_loading", "prefill"}
+    assert "queued" in {e["type"] for e in events}
+    types = [e["type"] for e in events if e["type"] not in progress]
+    assert types[:3] == ["session", "retrieval", "cache"] and types[-1] == "result"
+    assert set(types[3:-1]) <= {"delta"}
+    result = events[-1]
+    assert not result["is_error"] and result["tokens"]["generated"] == 8
+    assert "".join(e["text"] for e in events if e["type"] == "delta") == result["text"]
+    # Acked and removed from the queue; the result recorded under the request id.
+    assert redis_client.xlen(REQUESTS) == 0
+    assert redis_client.xpending(REQUESTS, GROUP)["pending"] == 0
+    assert json.loads(redis_client.get(protocol.done_key(turn.request.id)))["text"] == result["text"]
+
+    # A second turn names the session: it continues it (the worker resolves the id).
+    again = start_remote_turn(redis_client, "And the tests?", session=result["session_id"],
+                              options={"max_tokens": 4})  # fmt: skip
+    second = [e.to_dict() for e in again][-1]
+    assert second["session_id"] == result["session_id"] and second["message"] == 4
+
+
+def test_a_request_delivered_twice_is_answered_once(
+    redis_client: redis.Redis, worker: Worker, model_dir: Path
+) -> None:
+    turn = start_remote_turn(redis_client, "Hello", options=options(model_dir))
+    first = [e.to_dict() for e in turn][-1]
+    protocol.submit(redis_client, turn.request)  # the same id again (a client retrying)
+    deadline = time.monotonic() + 10
+    while redis_client.xlen(REQUESTS) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert redis_client.xlen(REQUESTS) == 0
+    results = [e for e in reply_events(redis_client, turn.request.id) if e["type"] == "result"]
+    assert results == [first]
+
+
+def test_bad_requests_get_an_error_result_naming_the_fault(
+    redis_client: redis.Redis, worker: Worker, model_dir: Path
+) -> None:
+    redis_client.xadd(REQUESTS, {"id": "bad-json", "prompt": "hi", "options": "{not json"})
+    bad = protocol.replies(redis_client, "bad-json", timeout_s=10)
+    result = list(bad)[-1]
+    assert result["is_error"] and result["exit_code"] == 2 and "'options' is not JSON" in result["error"]
+
+    turn = start_remote_turn(redis_client, "hi", options={"colour": "red"})
+    result = [e.to_dict() for e in turn][-1]
+    assert "unknown option(s) colour" in result["error"]
+
+    turn = start_remote_turn(redis_client, "hi", session="zzzzzzzz", options=options(model_dir))
+    result = [e.to_dict() for e in turn][-1]
+    assert result["is_error"] and result["exit_code"] == 3
+
+
+def test_past_the_queue_bound_a_submitter_is_told_busy(redis_client: redis.Redis) -> None:
+    for n in range(3):
+        protocol.submit(redis_client, Request(f"r{n}", "hi"), max_queue=3)
+    with pytest.raises(ServerBusy, match=r"busy: the request queue .* holds 3 requests"):
+        protocol.submit(redis_client, Request("r3", "hi"), max_queue=3)
+    assert redis_client.xlen(REQUESTS) == 3
+
+
+def _serve(name: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        command("serve", "--name", name, "--claim-idle-ms", "1000"),
+        cwd=ROOT, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+
+
+def test_a_killed_workers_request_is_finished_by_another_exactly_once(
+    redis_client: redis.Redis, model_dir: Path
+) -> None:
+    first = _serve("w1")
+    second: subprocess.Popen[bytes] | None = None
+    try:
+        request = Request("long-one", "Tell a very long story.", None, options(model_dir, max_tokens=3000))
+        protocol.submit(redis_client, request)
+        seen: list[dict] = []
+        for event in protocol.replies(redis_client, request.id, timeout_s=60):
+            seen.append(event)
+            if event["type"] == "delta":
+                break
+        assert seen[-1]["type"] == "delta", seen
+        first.send_signal(signal.SIGKILL)  # mid-reply: the request stays pending in w1's name
+        first.wait(timeout=10)
+        assert redis_client.xpending(REQUESTS, GROUP)["pending"] == 1
+        second = _serve("w2")
+        events = list(protocol.replies(redis_client, request.id, timeout_s=60))
+        everything = reply_events(redis_client, request.id)
+        results = [e for e in everything if e["type"] == "result"]
+        assert len(results) == 1 and not results[0]["is_error"], results
+        requeued = [e for e in everything if e["type"] == "requeued"]
+        assert requeued and requeued[0]["attempt"] == 2 and requeued[0]["worker"] == "w2"
+        # The re-run continued the session the first attempt had recorded, not a new one.
+        started = next(e for e in seen if e["type"] == "session")
+        assert results[0]["session_id"] == started["session_id"]
+        assert events[-1] == results[0]
+        assert redis_client.xlen(REQUESTS) == 0
+    finally:
+        for proc in (first, second):
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+                proc.wait(timeout=20)
+
+
+def test_cli_remote_runs_the_turn_on_a_worker(redis_client: redis.Redis, model_dir: Path) -> None:
+    server = _serve("cli")
+    try:
+        args = ["--model", str(model_dir), "--no-rag", "--temperature", "0", "--max-tokens", "6"]
+        run = workbench("-p", "Where is the parser?", "--remote", "--output-format", "json", *args)
+        assert run.code == 0, run
+        result = run.json()
+        assert result["session_id"] and result["tokens"]["generated"] == 6 and not result["is_error"]
+        again = workbench("--resume", result["session_id"], "-p", "more", "--remote", "--max-tokens", "3")
+        assert again.code == 0 and again.stdout.strip(), again
+        cont = workbench("--continue", "-p", "more", "--remote")
+        assert cont.code == 2 and "--resume" in cont.stderr
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
