@@ -24,5 +24,6 @@ async def wait_for(pilot: object, condition: Callable[[], bool], timeout: float 
         if asyncio.get_running_loop().time() > deadline:
             app = pilot.app  # type: ignore[attr-defined]
             said = [n.message for n in app._notifications]
-            raise AssertionError(f"timed out waiting for the app; its notifications: {said}")
+            workers = [(w.name, w.state.name) for w in app.workers]
+            raise AssertionError(f"timed out waiting for the app; notifications {said}, workers {workers}")
         await pilot.pause(0.05)  # type: ignore[attr-defined]

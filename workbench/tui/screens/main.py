@@ -33,6 +33,9 @@ WINDOW = 20  # messages shown when a session opens; "load earlier" adds this man
 
 
 class MainScreen(Screen[None]):
+    """Workers here run with exit_on_error=False: a failure is reported by `on_worker_state_changed` as a
+    notification, never a traceback; one that outlives the screen (the app is quitting) is dropped."""
+
     BINDINGS = [
         Binding("escape", "cancel", "Cancel reply", priority=True),
         Binding("ctrl+n", "new_session", "New"),
@@ -68,6 +71,15 @@ class MainScreen(Screen[None]):
         yield StatusBar(id="status")
         yield Footer()
 
+    def on_worker_state_changed(self, event: Any) -> None:
+        from textual.worker import WorkerState
+
+        if event.state == WorkerState.ERROR and self.is_attached:
+            if event.worker.group == "turn":
+                self.busy = False  # the next prompt can go
+            error = event.worker.error
+            self.notify(f"{type(error).__name__}: {error}", title=event.worker.name, severity="error")
+
     def on_mount(self) -> None:
         settings = self.wb.settings
         self.query_one("#sessions").display = settings.show_sessions
@@ -78,7 +90,7 @@ class MainScreen(Screen[None]):
 
     # -- start-up (a worker: the first frame is already painted) -----------------------------------
 
-    @work(thread=True, exclusive=True, group="connect")
+    @work(thread=True, exclusive=True, group="connect", exit_on_error=False)
     def connect(self) -> None:
         backend = self.wb.backend
         bar = self.query_one(StatusBar)
@@ -107,7 +119,7 @@ class MainScreen(Screen[None]):
 
         self.app.push_screen(NoModelScreen(model, problem), chosen)
 
-    @work(thread=True, group="pull")
+    @work(thread=True, group="pull", exit_on_error=False)
     def pull_model(self, model: str) -> None:
         self.app.call_from_thread(self.query_one(StatusBar).change, activity=f"pulling {model}")
         try:
@@ -195,7 +207,7 @@ class MainScreen(Screen[None]):
         queue.display = bool(self.queue)
         queue.update(f"[dim]queued ({len(self.queue)}): {self.queue[0][:60]!r}…[/]" if self.queue else "")
 
-    @work(exclusive=True, group="turn")
+    @work(exclusive=True, group="turn", exit_on_error=False)
     async def run_turn(self, prompt: str) -> None:
         chat = self.query_one(ChatView)
         bar = self.query_one(StatusBar)
@@ -292,7 +304,7 @@ class MainScreen(Screen[None]):
 
     # -- sessions -----------------------------------------------------------------------------------
 
-    @work(thread=True, exclusive=True, group="sessions")
+    @work(thread=True, exclusive=True, group="sessions", exit_on_error=False)
     def refresh_sessions(self, query: str = "") -> None:
         backend = self.wb.backend
         all_repos = self.wb.settings.all_repos
@@ -313,7 +325,7 @@ class MainScreen(Screen[None]):
         if event.option.id:
             self.open_session(event.option.id)
 
-    @work(thread=True, exclusive=True, group="open")
+    @work(thread=True, exclusive=True, group="open", exit_on_error=False)
     def open_session(self, session_id: str) -> None:
         try:
             session = self.wb.backend.open(session_id)
@@ -345,7 +357,7 @@ class MainScreen(Screen[None]):
         else:
             self.session_job(event.action, sid)
 
-    @work(thread=True, group="session-job")
+    @work(thread=True, group="session-job", exit_on_error=False)
     def session_job(self, action: str, session_id: str, argument: Any = None) -> None:
         backend = self.wb.backend
         try:
