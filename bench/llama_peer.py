@@ -147,7 +147,8 @@ def _run_converter(vendor: Path, argv: list[str]) -> None:
 
 class LlamaRunner:
     """llama.cpp (llama-cpp-python) on one GGUF, with EngineRunner's interface: prefill on a fresh
-    context, greedy decode one token per step. Its own defaults except the ones named here."""
+    context, greedy decode one token per step. llama-cpp-python's defaults (flash attention off)
+    except the ones named here."""
 
     def __init__(self, gguf: Path, context: int, threads: int) -> None:
         import llama_cpp
@@ -162,20 +163,23 @@ class LlamaRunner:
             verbose=False,
         )
         self.load_s = time.perf_counter() - t0
-        self.weight_bytes = int(llama_cpp.llama_model_size(self.llm.model))
-        self.settings = {"flash_attn": getattr(self.llm.context_params, "flash_attn_type", None)}
+        self.weight_bytes = int(llama_cpp.llama_model_size(self.llm._model.model))
+        self.vocab = int(self.llm.n_vocab())
 
     def prefill(self, ids: list[int]) -> None:
+        """From position 0: eval drops the cached positions from n_tokens on, which reset zeroes."""
         self.llm.reset()
-        self.llm._ctx.memory_clear(True)
         self.llm.eval(ids)
+
+    def last_logits(self) -> np.ndarray:
+        """The last position's logits (Llama.scores holds them only with logits_all=True)."""
+        return np.ctypeslib.as_array(self.llm._ctx.get_logits(), shape=(self.vocab,))
 
     def start_decode(self, ids: list[int]) -> None:
         self.prefill(ids)
 
     def decode_step(self) -> None:
-        logits = self.llm.scores[self.llm.n_tokens - 1]
-        self.llm.eval([int(np.argmax(logits))])
+        self.llm.eval([int(np.argmax(self.last_logits()))])
 
     def info(self) -> dict[str, Any]:
         return {"weight_bytes": self.weight_bytes, "load_s": self.load_s}
