@@ -137,3 +137,32 @@ def test_the_real_workbench_command_opens_the_tui_in_tmux(tmp_path: Path) -> Non
         assert not alive, pane()
     finally:
         subprocess.run([*tmux, "kill-server"], capture_output=True)
+
+
+def test_the_tui_indexes_the_repo_and_shows_its_progress(tmp_path: Path) -> None:
+    """The watcher runs for the repo: the first pass's progress reaches the status bar, then its counts."""
+    repo = tmp_path / "repo"
+    (repo / ".git").mkdir(parents=True)
+    for n in range(3):
+        (repo / f"mod{n}.py").write_text(f"def function_{n}(x):\n    return x + {n}\n")
+    from workbench.tui.screens.main import MainScreen
+    from workbench.tui.widgets.status import StatusBar
+
+    async def scenario() -> list[str]:
+        app = make_app(tmp_path / "no-model", repo, tmp_path / "data")
+        app.backend.options.watch_index = True
+        seen: list[str] = []
+        async with app.run_test(size=SIZE) as pilot:
+            main = next(s for s in app.screen_stack if isinstance(s, MainScreen))
+            bar = main.query_one(StatusBar)
+
+            def ready() -> bool:
+                seen.append(bar.status.index)
+                return bar.status.index.startswith("index 3 files")
+
+            await wait_for(pilot, ready, timeout=120)
+        return seen
+
+    seen = asyncio.run(scenario())
+    assert seen[-1].startswith("index 3 files") and "chunks" in seen[-1]
+    assert any(s != seen[-1] for s in seen)  # something was shown before the pass ended

@@ -224,7 +224,16 @@ class Backend:
             files, chunks = ix.store.counts()
             on_state(IndexState("ready", f"{stats.files_changed} changed", files=files, chunks=chunks))
 
-        self._watcher = Watcher(ix, on_update=updated).start()
+        def progress(report: Any) -> None:
+            if report.phase == "waiting":
+                on_state(IndexState("waiting", f"for {report.holder}"))
+            elif report.phase == "reading":
+                on_state(IndexState("reading", done=report.files_done, total=report.files_total))
+            elif report.phase == "embedding":
+                eta = f"ETA {report.eta_s:.0f} s" if report.eta_s else ""
+                on_state(IndexState("embedding", eta, done=report.chunks_done, total=report.chunks_total))
+
+        self._watcher = Watcher(ix, on_update=updated, progress=progress).start()
 
     def reindex(self) -> None:
         if self._watcher is not None:

@@ -134,6 +134,8 @@ class MainScreen(Screen[None]):
     def _index_state(self, state: IndexState) -> None:
         if state.state == "ready":
             text = f"index {state.files:,} files · {state.chunks:,} chunks"
+        elif state.total:
+            text = f"index {state.state} {progress_bar(state.done, state.total)} {state.detail}".rstrip()
         elif state.state == "off":
             text = "index off"
             self.notify(state.detail, title="Index", severity="warning")
@@ -448,6 +450,13 @@ class MainScreen(Screen[None]):
         self.app.push_screen(
             TextPromptScreen(f"Which code block (1–{len(blocks)})?", str(len(blocks))), chosen
         )
+
+
+def progress_bar(done: int, total: int, width: int = 10) -> str:
+    """A text progress bar for the status line: `▰▰▰▱▱▱▱▱▱▱ 30%`."""
+    fraction = min(1.0, done / total) if total else 0.0
+    filled = round(fraction * width)
+    return "▰" * filled + "▱" * (width - filled) + f" {fraction:.0%}"
 
 
 def context_report(retrieval: Any, cache: Any) -> str:
