@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from workbench.tui.app import WorkbenchApp
 from workbench.tui.backend import Backend, LaunchOptions
@@ -12,9 +13,16 @@ from workbench.tui.backend import Backend, LaunchOptions
 SIZE = (110, 32)
 
 
-def make_app(model_dir: Path, repo: Path, data_dir: Path, **options: object) -> WorkbenchApp:
+def make_app(
+    model_dir: Path,
+    repo: Path,
+    data_dir: Path,
+    make_service: Callable[[], Any] | None = None,
+    **options: object,
+) -> WorkbenchApp:
+    options.setdefault("allow_tools", "none")  # random weights may emit a <tool_call>: keep replies plain
     launch = LaunchOptions(repo=str(repo), model=str(model_dir), watch_index=False, **options)  # type: ignore[arg-type]
-    return WorkbenchApp(Backend(launch), data_dir)
+    return WorkbenchApp(Backend(launch, make_service), data_dir)
 
 
 async def wait_for(pilot: object, condition: Callable[[], bool], timeout: float = 60.0) -> None:

@@ -39,6 +39,7 @@ class LaunchOptions:
     max_tokens: int | None = None
     temperature: float | None = None
     watch_index: bool = True
+    allow_tools: str = "read"  # read-only tools run on their own; changing ones ask (screens/approval.py)
 
 
 @dataclass
@@ -172,7 +173,7 @@ class Backend:
     def start_turn(self, session_id: str | None, prompt: str, options: TurnOptions) -> Turn:
         return self.connect().start_turn(session_id, prompt, options)
 
-    def turn_options(self, rag: bool | None, thinking: bool | None) -> TurnOptions:
+    def turn_options(self, rag: bool | None, thinking: bool | None, policy: Any = None) -> TurnOptions:
         from sessions.options import TurnOptions
 
         o = self.options
@@ -184,6 +185,8 @@ class Backend:
             thinking=thinking,
             max_tokens=o.max_tokens,
             temperature=o.temperature,
+            allow_tools=o.allow_tools,
+            policy=policy,
         )
 
     def fork(self, session_id: str, at: int | None) -> Session:

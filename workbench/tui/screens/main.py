@@ -19,7 +19,14 @@ from textual.widgets import Footer, Static
 
 from workbench.tui.backend import IndexState
 from workbench.tui.screens.modals import ConfirmScreen, NoModelScreen, TextPromptScreen
-from workbench.tui.widgets.chat import AssistantMessage, ChatMessage, ChatView, LoadEarlier, UserMessage
+from workbench.tui.widgets.chat import (
+    AssistantMessage,
+    ChatMessage,
+    ChatView,
+    LoadEarlier,
+    ToolCallView,
+    UserMessage,
+)
 from workbench.tui.widgets.prompt import PromptInput
 from workbench.tui.widgets.sessions import SessionList, SessionsPanel
 from workbench.tui.widgets.status import StatusBar
@@ -53,6 +60,8 @@ class MainScreen(Screen[None]):
         self.turn: Turn | None = None
         self.queue: list[str] = []
         self.busy = False  # a turn was submitted and has not ended
+        self.tool_views: dict[str, Any] = {}  # call id -> the chat's ToolCallView awaiting its result
+        self.policies: dict[str, Any] = {}  # session id -> agent.policy.Policy (its "always" grants)
         self.rag: bool | None = None
         self.thinking: bool | None = None
 
@@ -218,7 +227,7 @@ class MainScreen(Screen[None]):
         reply = AssistantMessage()
         await chat.mount(reply)
         chat.to_bottom()
-        options = self.wb.backend.turn_options(self.rag, self.thinking)
+        options = self.wb.backend.turn_options(self.rag, self.thinking, self._policy())
         turn = self.turn = self.wb.backend.start_turn(self.session_id, prompt, options)
         first_token = 0.0
         tokens = 0
@@ -248,10 +257,25 @@ class MainScreen(Screen[None]):
         else:
             self.busy = False
 
+    def _policy(self) -> Any:
+        """The open session's tool policy: one per session, so "always" grants last as long as it."""
+        level = self.wb.backend.options.allow_tools
+        if level == "none":
+            return None
+        key = self.session_id or "new"
+        if key not in self.policies:
+            from agent.policy import Policy
+            from workbench.tui.screens.approval import TuiApprover
+
+            self.policies[key] = Policy(level, TuiApprover(self.app))
+        return self.policies[key]
+
     def _progress(self, event: Any) -> None:
         bar = self.query_one(StatusBar)
         kind = event.type
         if kind == "session":
+            if self.session_id is None and "new" in self.policies:
+                self.policies[event.session_id] = self.policies.pop("new")
             self.session_id = event.session_id
             bar.change(model=event.model, backend=event.backend)
         elif kind == "queued":
@@ -268,6 +292,14 @@ class MainScreen(Screen[None]):
             bar.change(activity=f"prefill {event.prefill_tokens:,} (cached {event.cached_tokens:,})")
         elif kind == "prefill":
             bar.change(activity=f"prefill {event.done:,}/{event.total:,}")
+        elif kind == "tool_call":
+            view = ToolCallView(event.call_id, event.tool, event.arguments)
+            self.tool_views[event.call_id] = view
+            self.query_one(ChatView).mount(view, before=self.query(AssistantMessage).last())
+        elif kind == "tool_result" and event.call_id in self.tool_views:
+            view = self.tool_views.pop(event.call_id)
+            said, summary = event.result or event.error or "", event.summary or event.error or ""
+            view.show_result(event.ok, summary, said, event.approval, event.seconds)
 
     async def _finish(self, reply: AssistantMessage, result: Any) -> None:
         bar = self.query_one(StatusBar)

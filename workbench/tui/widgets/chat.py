@@ -219,3 +219,30 @@ class ChatView(VerticalScroll):
             finally:
                 self._programmatic = False
         return len(removed)
+
+
+class ToolCallView(Vertical):
+    """One tool call of an agent turn: collapsed once it succeeds, expanded when it fails."""
+
+    def __init__(self, call_id: str, tool: str, arguments: dict[str, object]) -> None:
+        super().__init__(classes="tool-call")
+        self.call_id, self.tool = call_id, tool
+        shown = ", ".join(f"{k}={v!r}" for k, v in arguments.items())
+        self.signature = f"{tool}({shown[:100]})"
+
+    def compose(self) -> ComposeResult:
+        from textual.widgets import Collapsible
+
+        with Collapsible(title=f"⋯ {self.signature}", collapsed=True):
+            yield Static("running…", classes="tool-output", markup=False)
+
+    def show_result(self, ok: bool, summary: str, result: str, approval: dict[str, object] | None,
+                    seconds: float) -> None:  # fmt: skip
+        from textual.widgets import Collapsible
+
+        box = self.query_one(Collapsible)
+        by = f" · {approval.get('by')}" if approval else ""
+        box.title = f"{'✓' if ok else '✗'} {self.signature} · {summary[:60]} · {seconds * 1000:.0f} ms{by}"
+        self.query_one(".tool-output", Static).update(result[:4000])
+        box.collapsed = ok
+        self.set_class(not ok, "failed")
