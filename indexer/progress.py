@@ -65,7 +65,7 @@ class Meter:
         left = chunks_total - chunks_done
         eta = left / rate if rate > 0 else (0.0 if left == 0 else None)
         self._emit(Progress("embedding", files_done, files_total, chunks_done, chunks_total,
-                            self._elapsed(), rate, eta))  # fmt: skip
+                            self._elapsed(), rate, eta), force=chunks_done >= chunks_total)  # fmt: skip
 
     def done(self, files: int, chunks: int) -> None:
         self._emit(Progress("done", files, files, chunks, chunks, self._elapsed(), eta_s=0.0), force=True)

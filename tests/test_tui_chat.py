@@ -123,7 +123,7 @@ def test_resume_shows_the_history_and_continues_the_session(
             return screen.session_id
 
     async def resumed(session_id: str) -> None:
-        app = make_app(model_dir, repo, tmp_path / "data", max_tokens=8, rag=False, resume=session_id[:8])
+        app = make_app(model_dir, repo, tmp_path / "data", max_tokens=8, rag=False, resume=session_id)
         async with app.run_test(size=SIZE) as pilot:
             screen = main_screen(app)
             await wait_for(pilot, lambda: screen.session_id == session_id)

@@ -36,6 +36,7 @@ async def _fixed_screen(pilot: Any) -> None:
     while main.query_one(StatusBar).status.activity == "connecting" or not app.backend._service:
         await pilot.pause(0.05)
     await pilot.pause(0.3)
+    main.query_one("#prompt").cursor_blink = False  # a blinking cursor races the screenshot
     chat = main.query_one(ChatView)
     await chat.remove_children()
     await chat.mount(UserMessage("Where is the KV block key computed?", 1))
