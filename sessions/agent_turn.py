@@ -158,4 +158,3 @@ def _finish(job: Any, model: Any, name: str, prompt_ids: list[int], cache: Any, 
                   cache_by_tier=dict(restored.by_tier), retrieved=retrieved, message=len(s.messages),
                   is_error=finish == "error", error=outcome.error, exit_code=code,
                   tool_calls=[r.to_dict() for r in outcome.records], steps=len(outcome.steps))  # fmt: skip
-

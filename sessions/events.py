@@ -79,6 +79,22 @@ class Retrieval(Event):
 
 
 @dataclass
+class IndexProgress(Event):
+    """A RAG turn refreshing the repository's index first (indexer.progress.Progress, throttled)."""
+
+    type: ClassVar[str] = "index_progress"
+    phase: str = ""  # waiting | reading | embedding | done
+    files_done: int = 0
+    files_total: int = 0
+    chunks_done: int = 0
+    chunks_total: int = 0
+    elapsed_s: float = 0.0
+    rate: float = 0.0
+    eta_s: float | None = None
+    holder: str | None = None
+
+
+@dataclass
 class Prefill(Event):
     """Prompt tokens computed so far (`done`) of the `total` the cache lacked; the last has done == total."""
 
@@ -171,6 +187,15 @@ class ToolResult(Event):
 
 
 TurnEvent = (
-    Queued | ModelLoading | SessionStarted | Retrieval | CacheStats | Prefill | TextDelta | ToolCall
-    | ToolResult | Result
+    Queued
+    | ModelLoading
+    | SessionStarted
+    | IndexProgress
+    | Retrieval
+    | CacheStats
+    | Prefill
+    | TextDelta
+    | ToolCall
+    | ToolResult
+    | Result
 )

@@ -36,8 +36,9 @@ class Retriever:
         self._busy = threading.Lock()  # one retrieval at a time, also one a cancelled turn left running
 
     def retrieve_cancellable(
-        self, repo: str, query: str, tokenizer: Any, k: int, budget: int, cancel: threading.Event
-    ) -> Retrieved | None:
+        self, repo: str, query: str, tokenizer: Any, k: int, budget: int, cancel: threading.Event,
+        progress: Any = None,
+    ) -> Retrieved | None:  # fmt: skip
         """`retrieve` on a thread of its own; None as soon as `cancel` is set. Refreshing the index can
         wait minutes for another process's writer lease: a cancelled turn does not wait with it (the
         retrieval finishes in the background and its result is dropped)."""
@@ -49,7 +50,7 @@ class Retriever:
                     done.cancel()
                     return
                 try:
-                    done.set_result(self.retrieve(repo, query, tokenizer, k, budget))
+                    done.set_result(self.retrieve(repo, query, tokenizer, k, budget, progress))
                 except BaseException as exc:
                     done.set_exception(exc)
 
@@ -72,22 +73,24 @@ class Retriever:
             self._indexes[repo] = Index.open(repo, encoder=shared_encoder())
         return self._indexes[repo]
 
-    def _prepare(self, repo: str, index: Any, tokenizer: Any) -> None:
+    def _prepare(self, repo: str, index: Any, tokenizer: Any, progress: Any = None) -> None:
         """Bring the index up to date (hashes only, when nothing changed) and make sure every chunk
-        has token ids for this model's tokenizer, once per process."""
-        index.update()
+        has token ids for this model's tokenizer, once per process. `progress`: indexer.progress."""
+        index.update(progress=progress)
         key = (repo, str(getattr(tokenizer, "identity", id(tokenizer))))
         if key not in self._tokenized:
             index.use_tokenizer(tokenizer)
             self._tokenized.add(key)
 
-    def retrieve(self, repo: str, query: str, tokenizer: Any, k: int, budget: int) -> Retrieved:
+    def retrieve(
+        self, repo: str, query: str, tokenizer: Any, k: int, budget: int, progress: Any = None
+    ) -> Retrieved:
         """The top-`k` hits for `query` whose tokens (with their headers) fit in `budget`."""
         try:
             index = self._index(repo)
             if index.store.counts()[1] == 0:  # nothing indexed: do not load the embedding model for nothing
                 return Retrieved(skipped=f"{repo} is not indexed (run `workbench index` there)")
-            self._prepare(repo, index, tokenizer)
+            self._prepare(repo, index, tokenizer, progress)
             hits = index.search(query, k=k)
         except Exception as exc:  # no index yet, no embedding model, Redis trouble: answer without RAG
             reason = f"{type(exc).__name__}: {exc}"

@@ -12,6 +12,7 @@ recorded when generation ends, cancelled or not. A tool loop would run `stream` 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -21,6 +22,7 @@ from typing import Any
 from sessions.agent_turn import cache_bust, run_agent_turn, tool_schemas
 from sessions.events import (
     CacheStats,
+    IndexProgress,
     ModelLoading,
     Prefill,
     Result,
@@ -218,8 +220,14 @@ def prepare(state: TurnState) -> None:
         state.rag_budget = retrieval_budget(
             model.context_length, len(state.fitted.token_ids), max_tokens, settings.rag_budget
         )
+
+        def progress(report: Any) -> None:  # the index refresh, as events (a terminal line in text mode)
+            with contextlib.suppress(RuntimeError):  # a cancelled turn ended; its refresh goes on quietly
+                # The turn's id, not s.id: a new session's id is reported only once it exists.
+                job.turn.emit(IndexProgress(job.turn.session_id, **report.to_dict()))
+
         retrieved = job.retriever.retrieve_cancellable(
-            s.repo, job.prompt, tok, settings.rag_k, state.rag_budget, job.turn.cancel_event
+            s.repo, job.prompt, tok, settings.rag_k, state.rag_budget, job.turn.cancel_event, progress
         )
         if retrieved is None:
             return  # cancelled while waiting for the index

@@ -47,7 +47,8 @@ def check_result_object(data: dict, session_id: str | None = None) -> None:
         assert set(RETRIEVED_FIELDS) <= set(hit)
 
 
-PROGRESS = ("queued", "model_loading", "prefill")  # issue 15: what a turn reports before its first token
+# issues 14 and 15: what a turn reports before its first token
+PROGRESS = ("queued", "model_loading", "index_progress", "prefill")
 
 
 def main_events(events: list[dict]) -> list[dict]:
@@ -60,7 +61,7 @@ def check_progress(events: list[dict], sid: str) -> None:
     the cache event and before the first delta, counting up to its total."""
     types = [e["type"] for e in events]
     start = types.index("session")
-    assert set(types[:start]) <= {"queued", "model_loading"} and types[0] == "queued", types
+    assert set(types[:start]) <= {"queued", "model_loading", "index_progress"} and types[0] == "queued", types
     assert all(e["session_id"] in (sid, None) for e in events[:start])
     first_delta = types.index("delta") if "delta" in types else len(types) - 1
     prefill = [e for e in events if e["type"] == "prefill"]
@@ -211,6 +212,8 @@ def test_rag_and_thinking_on(model: str, tmp_path: Path) -> None:
     retrieval = main_events(events)[1]
     assert retrieval["skipped"] is None and retrieval["tokens"] > 0
     assert [c["path"] for c in retrieval["chunks"]] == ["parser.py"]
+    refresh = [e for e in events if e["type"] == "index_progress"]  # the turn refreshed the index first
+    assert refresh and refresh[0]["phase"] == "reading" and refresh[-1]["phase"] == "done"
     (hit,) = result["retrieved"]
     assert hit == {k: retrieval["chunks"][0][k] for k in RETRIEVED_FIELDS}
     assert (hit["start_line"], hit["end_line"], hit["symbol"]) == (1, 3, "parse_config")

@@ -59,7 +59,7 @@ def test_a_request_is_answered_with_the_stream_json_events_and_acked(
     turn = start_remote_turn(redis_client, "Where is the parser?", options=options(model_dir))
     events = [e.to_dict() for e in turn]
     # The service's progress events (queued, model_loading, prefill, ...) are forwarded as they are.
-    progress = {"queued", "model_loading", "prefill"}
+    progress = {"queued", "model_loading", "index_progress", "prefill"}
     assert "queued" in {e["type"] for e in events}
     types = [e["type"] for e in events if e["type"] not in progress]
     assert types[:3] == ["session", "retrieval", "cache"] and types[-1] == "result"

@@ -19,6 +19,7 @@ from sessions import SessionBusy, SessionService, TurnOptions
 from sessions.events import (
     CacheStats,
     Delta,
+    IndexProgress,
     ModelLoading,
     Prefill,
     Queued,
@@ -32,7 +33,8 @@ ROOT = Path(__file__).resolve().parent.parent
 # A system prompt long enough to fill several KV blocks of the default size with the tiny tokenizer.
 SYSTEM = "You are a careful coding assistant. Answer briefly and cite files. " * 8
 GREEDY = dict(temperature=0.0, max_tokens=12, rag=False, system_prompt=SYSTEM)
-PROGRESS = (Queued, ModelLoading, Prefill)  # what a turn reports while the user waits (issue 15)
+# what a turn reports while the user waits (issues 14, 15)
+PROGRESS = (Queued, ModelLoading, IndexProgress, Prefill)
 
 
 def main_events(events: list) -> list:

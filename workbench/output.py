@@ -59,8 +59,12 @@ class TextWriter:
         self.out, self.err = out, err
         self._answer_ends_line = True  # nothing written yet: no newline owed
         self._reasoning_ends_line = True
+        self._index_line: Any = None  # workbench.index_progress.TerminalProgress, made on first use
 
     def event(self, data: dict[str, Any]) -> None:
+        if data.get("type") == "index_progress":  # a RAG turn refreshing the index: one line on stderr
+            self._index_progress(data)
+            return
         if data.get("type") == "tool_result":  # one line per call on stderr: what ran, how it went
             self._tool_line(data)
             return
@@ -79,6 +83,16 @@ class TextWriter:
         self.out.write(text)
         self.out.flush()
         self._answer_ends_line = text.endswith("\n")
+
+    def _index_progress(self, data: dict[str, Any]) -> None:
+        from types import SimpleNamespace
+
+        from workbench.index_progress import TerminalProgress
+
+        if self._index_line is None:
+            self._index_line = TerminalProgress("refreshing the index", self.err)
+        fields = {k: v for k, v in data.items() if k not in ("type", "session_id")}
+        self._index_line(SimpleNamespace(**fields))
 
     def _tool_line(self, data: dict[str, Any]) -> None:
         if not self._answer_ends_line:

@@ -292,6 +292,12 @@ class MainScreen(Screen[None]):
             bar.change(activity=f"prefill {event.prefill_tokens:,} (cached {event.cached_tokens:,})")
         elif kind == "prefill":
             bar.change(activity=f"prefill {event.done:,}/{event.total:,}")
+        elif kind == "index_progress" and event.phase != "done":
+            done, total = (event.files_done, event.files_total) if event.phase == "reading" else (
+                event.chunks_done, event.chunks_total)  # fmt: skip
+            bar.change(
+                activity=f"refreshing index {progress_bar(done, total)}" if total else "refreshing index"
+            )
         elif kind == "tool_call":
             view = ToolCallView(event.call_id, event.tool, event.arguments)
             self.tool_views[event.call_id] = view
@@ -515,4 +521,11 @@ def context_report(retrieval: Any, cache: Any) -> str:
             f" · prefilled {cache.prefill_tokens:,}",
             f"from: {tiers} · restore {cache.restore_s:.2f} s",
         ]
+        bust = getattr(cache, "cache_bust", None)
+        if bust:  # the prompt stopped extending the cached history: where, why, and what it cost
+            where = f"message {bust['message_index'] + 1}" if bust.get("message_index") is not None else "?"
+            lines.append(
+                f"[b]cache bust[/b] at token {bust['token_index']:,} ({where}): "
+                f"{bust['reason'].replace('_', ' ')}, {bust['wasted_tokens']:,} tokens prefilled again"
+            )
     return "\n".join(lines)
