@@ -120,6 +120,8 @@ class MainScreen(Screen[None]):
         self.app.call_from_thread(self.refresh_sessions)
         if backend.options.watch_index:
             backend.start_index(lambda state: self.app.call_from_thread(self._index_state, state))
+        else:
+            self.app.call_from_thread(self.query_one(StatusBar).change, index="index not watched")
 
     def _no_model(self, model: str, problem: str) -> None:
         def chosen(answer: str | None) -> None:
