@@ -42,7 +42,7 @@ def _answers_vadd(binary: str, tmp_path: Path) -> bool:
         stdout=subprocess.DEVNULL,
     )
     try:
-        client = redis.Redis(unix_socket_path=str(sock), retry_on_timeout=True)
+        client = redis.Redis(unix_socket_path=str(sock))
         for _ in range(100):
             if sock.exists():
                 break
