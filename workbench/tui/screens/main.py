@@ -14,11 +14,11 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
-from textual.screen import Screen
 from textual.widgets import Footer, Static
 
 from workbench.tui.backend import IndexState
-from workbench.tui.screens.modals import ConfirmScreen, NoModelScreen, TextPromptScreen
+from workbench.tui.screens.modals import NoModelScreen, TextPromptScreen
+from workbench.tui.screens.sessions_base import SessionScreen
 from workbench.tui.widgets.chat import (
     AssistantMessage,
     ChatMessage,
@@ -27,6 +27,7 @@ from workbench.tui.widgets.chat import (
     ToolCallView,
     UserMessage,
 )
+from workbench.tui.widgets.context import context_report, progress_bar
 from workbench.tui.widgets.prompt import PromptInput
 from workbench.tui.widgets.sessions import SessionList, SessionsPanel
 from workbench.tui.widgets.status import StatusBar
@@ -34,12 +35,11 @@ from workbench.tui.widgets.status import StatusBar
 if TYPE_CHECKING:
     from sessions.model import Session
     from sessions.turn import Turn
-    from workbench.tui.app import WorkbenchApp
 
 WINDOW = 20  # messages shown when a session opens; "load earlier" adds this many more
 
 
-class MainScreen(Screen[None]):
+class MainScreen(SessionScreen):
     """Workers here run with exit_on_error=False: a failure is reported by `on_worker_state_changed` as a
     notification, never a traceback; one that outlives the screen (the app is quitting) is dropped."""
 
@@ -64,10 +64,6 @@ class MainScreen(Screen[None]):
         self.policies: dict[str, Any] = {}  # session id -> agent.policy.Policy (its "always" grants)
         self.rag: bool | None = None
         self.thinking: bool | None = None
-
-    @property
-    def wb(self) -> WorkbenchApp:
-        return self.app  # type: ignore[return-value]
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="body"):
@@ -344,95 +340,6 @@ class MainScreen(Screen[None]):
         elif self.focused is not None and not isinstance(self.focused, PromptInput):
             self.query_one(PromptInput).focus()
 
-    # -- sessions -----------------------------------------------------------------------------------
-
-    @work(thread=True, exclusive=True, group="sessions", exit_on_error=False)
-    def refresh_sessions(self, query: str = "") -> None:
-        backend = self.wb.backend
-        all_repos = self.wb.settings.all_repos
-        try:
-            rows = backend.search(query, all_repos) if query.strip() else backend.sessions(all_repos)
-        except Exception as exc:
-            self.app.call_from_thread(self.notify, str(exc), title="Sessions", severity="error")
-            return
-        panel = self.query_one(SessionsPanel)
-        self.app.call_from_thread(panel.show_sessions, rows, all_repos, self.session_id)
-
-    @on(SessionsPanel.SearchChanged)
-    def search_changed(self, event: SessionsPanel.SearchChanged) -> None:
-        self.refresh_sessions(event.query)
-
-    @on(SessionList.OptionSelected)
-    def open_selected(self, event: SessionList.OptionSelected) -> None:
-        if event.option.id:
-            self.open_session(event.option.id)
-
-    @work(thread=True, exclusive=True, group="open", exit_on_error=False)
-    def open_session(self, session_id: str) -> None:
-        try:
-            session = self.wb.backend.open(session_id)
-        except Exception as exc:
-            self.app.call_from_thread(self.notify, str(exc), title="Cannot open", severity="error")
-            return
-        self.app.call_from_thread(self._show_session, session)
-        self.app.call_from_thread(self.refresh_sessions)
-
-    @on(SessionList.Action)
-    def session_action(self, event: SessionList.Action) -> None:
-        sid = event.session_id
-        if event.action == "toggle_all":
-            self.wb.settings.all_repos = not self.wb.settings.all_repos
-            self.wb.save_settings()
-            self.refresh_sessions()
-        elif sid is None:
-            return
-        elif event.action == "delete":
-            self.app.push_screen(
-                ConfirmScreen(f"Delete session {sid[:8]}? Its messages cannot be recovered."),
-                lambda yes: self.session_job("delete", sid) if yes else None,
-            )
-        elif event.action == "rename":
-            self.app.push_screen(
-                TextPromptScreen("New title:"),
-                lambda title: self.session_job("rename", sid, title) if title else None,
-            )
-        else:
-            self.session_job(event.action, sid)
-
-    @work(thread=True, group="session-job", exit_on_error=False)
-    def session_job(self, action: str, session_id: str, argument: Any = None) -> None:
-        backend = self.wb.backend
-        try:
-            if action == "delete":
-                backend.delete(session_id)
-                message = f"Deleted session {session_id[:8]}"
-                if session_id == self.session_id:
-                    self.app.call_from_thread(self.action_new_session)
-            elif action == "rename":
-                message = f"Renamed to {backend.rename(session_id, argument).title!r}"
-            elif action == "export":
-                message = f"Exported to {backend.export(session_id, backend.options.repo)}"
-            elif action == "fork":
-                child = backend.fork(session_id, argument)
-                message = f"Forked into {child.id[:8]} ({child.message_count} messages)"
-                self.app.call_from_thread(self.open_session, child.id)
-            else:
-                return
-        except Exception as exc:
-            self.app.call_from_thread(self.notify, str(exc), title=action.title(), severity="error")
-            return
-        self.app.call_from_thread(self.notify, message)
-        self.app.call_from_thread(self.refresh_sessions)
-
-    @on(ChatMessage.ForkRequested)
-    def fork_at(self, event: ChatMessage.ForkRequested) -> None:
-        if self.session_id:
-            self.session_job("fork", self.session_id, event.number)
-
-    @on(ChatMessage.CopyRequested)
-    def copy_message(self, event: ChatMessage.CopyRequested) -> None:
-        self.wb.copy_text(event.text, event.what)
-
     async def action_new_session(self) -> None:
         if self.busy:
             self.notify("A reply is running: Esc to stop it first", severity="warning")
@@ -490,44 +397,3 @@ class MainScreen(Screen[None]):
         self.app.push_screen(
             TextPromptScreen(f"Which code block (1–{len(blocks)})?", str(len(blocks))), chosen
         )
-
-
-def progress_bar(done: int, total: int, width: int = 10) -> str:
-    """A text progress bar for the status line: `▰▰▰▱▱▱▱▱▱▱ 30%`."""
-    fraction = min(1.0, done / total) if total else 0.0
-    filled = round(fraction * width)
-    return "▰" * filled + "▱" * (width - filled) + f" {fraction:.0%}"
-
-
-def context_report(retrieval: Any, cache: Any) -> str:
-    """The context panel's text: the chunks retrieved for the turn and its cache report."""
-    lines = ["[b]Retrieved code[/b]"]
-    if retrieval is None:
-        lines.append("[dim]none[/]")
-    elif retrieval.skipped:
-        lines.append(f"[dim]skipped: {retrieval.skipped}[/]")
-    else:
-        for chunk in retrieval.chunks:
-            symbol = f" {chunk.symbol}" if chunk.symbol else ""
-            lines.append(
-                f"{chunk.path}:{chunk.start_line}-{chunk.end_line}{symbol}  "
-                f"[dim]{chunk.score:.2f} · {chunk.tokens} tok[/]"
-            )
-        lines.append(f"[dim]{retrieval.tokens:,} of {retrieval.budget:,} tokens[/]")
-    if cache is not None:
-        tiers = ", ".join(f"{tier} {n:,}" for tier, n in cache.by_tier.items()) or "none"
-        lines += [
-            "",
-            "[b]Cache[/b]",
-            f"prompt {cache.prompt_tokens:,} · reused {cache.cached_tokens:,}"
-            f" · prefilled {cache.prefill_tokens:,}",
-            f"from: {tiers} · restore {cache.restore_s:.2f} s",
-        ]
-        bust = getattr(cache, "cache_bust", None)
-        if bust:  # the prompt stopped extending the cached history: where, why, and what it cost
-            where = f"message {bust['message_index'] + 1}" if bust.get("message_index") is not None else "?"
-            lines.append(
-                f"[b]cache bust[/b] at token {bust['token_index']:,} ({where}): "
-                f"{bust['reason'].replace('_', ' ')}, {bust['wasted_tokens']:,} tokens prefilled again"
-            )
-    return "\n".join(lines)

@@ -1,0 +1,118 @@
+"""The session half of the main screen: the sidebar's list and search, and what its keys ask for (open,
+rename, delete, export, fork), each in a worker. MainScreen builds on it; it holds no chat logic."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from textual import on, work
+from textual.screen import Screen
+
+from workbench.tui.screens.modals import ConfirmScreen, TextPromptScreen
+from workbench.tui.widgets.chat import ChatMessage
+from workbench.tui.widgets.sessions import SessionList, SessionsPanel
+
+if TYPE_CHECKING:
+    from sessions.model import Session
+    from workbench.tui.app import WorkbenchApp
+
+
+class SessionScreen(Screen[None]):
+    session_id: str | None = None
+
+    @property
+    def wb(self) -> WorkbenchApp:
+        return self.app  # type: ignore[return-value]
+
+    async def _show_session(self, session: Session) -> None:
+        raise NotImplementedError  # the chat screen shows it
+
+    async def action_new_session(self) -> None:
+        raise NotImplementedError
+
+    @work(thread=True, exclusive=True, group="sessions", exit_on_error=False)
+    def refresh_sessions(self, query: str = "") -> None:
+        backend = self.wb.backend
+        all_repos = self.wb.settings.all_repos
+        try:
+            rows = backend.search(query, all_repos) if query.strip() else backend.sessions(all_repos)
+        except Exception as exc:
+            self.app.call_from_thread(self.notify, str(exc), title="Sessions", severity="error")
+            return
+        panel = self.query_one(SessionsPanel)
+        self.app.call_from_thread(panel.show_sessions, rows, all_repos, self.session_id)
+
+    @on(SessionsPanel.SearchChanged)
+    def search_changed(self, event: SessionsPanel.SearchChanged) -> None:
+        self.refresh_sessions(event.query)
+
+    @on(SessionList.OptionSelected)
+    def open_selected(self, event: SessionList.OptionSelected) -> None:
+        if event.option.id:
+            self.open_session(event.option.id)
+
+    @work(thread=True, exclusive=True, group="open", exit_on_error=False)
+    def open_session(self, session_id: str) -> None:
+        try:
+            session = self.wb.backend.open(session_id)
+        except Exception as exc:
+            self.app.call_from_thread(self.notify, str(exc), title="Cannot open", severity="error")
+            return
+        self.app.call_from_thread(self._show_session, session)
+        self.app.call_from_thread(self.refresh_sessions)
+
+    @on(SessionList.Action)
+    def session_action(self, event: SessionList.Action) -> None:
+        sid = event.session_id
+        if event.action == "toggle_all":
+            self.wb.settings.all_repos = not self.wb.settings.all_repos
+            self.wb.save_settings()
+            self.refresh_sessions()
+        elif sid is None:
+            return
+        elif event.action == "delete":
+            self.app.push_screen(
+                ConfirmScreen(f"Delete session {sid[:8]}? Its messages cannot be recovered."),
+                lambda yes: self.session_job("delete", sid) if yes else None,
+            )
+        elif event.action == "rename":
+            self.app.push_screen(
+                TextPromptScreen("New title:"),
+                lambda title: self.session_job("rename", sid, title) if title else None,
+            )
+        else:
+            self.session_job(event.action, sid)
+
+    @work(thread=True, group="session-job", exit_on_error=False)
+    def session_job(self, action: str, session_id: str, argument: Any = None) -> None:
+        backend = self.wb.backend
+        try:
+            if action == "delete":
+                backend.delete(session_id)
+                message = f"Deleted session {session_id[:8]}"
+                if session_id == self.session_id:
+                    self.app.call_from_thread(self.action_new_session)
+            elif action == "rename":
+                message = f"Renamed to {backend.rename(session_id, argument).title!r}"
+            elif action == "export":
+                message = f"Exported to {backend.export(session_id, backend.options.repo)}"
+            elif action == "fork":
+                child = backend.fork(session_id, argument)
+                message = f"Forked into {child.id[:8]} ({child.message_count} messages)"
+                self.app.call_from_thread(self.open_session, child.id)
+            else:
+                return
+        except Exception as exc:
+            self.app.call_from_thread(self.notify, str(exc), title=action.title(), severity="error")
+            return
+        self.app.call_from_thread(self.notify, message)
+        self.app.call_from_thread(self.refresh_sessions)
+
+    @on(ChatMessage.ForkRequested)
+    def fork_at(self, event: ChatMessage.ForkRequested) -> None:
+        if self.session_id:
+            self.session_job("fork", self.session_id, event.number)
+
+    @on(ChatMessage.CopyRequested)
+    def copy_message(self, event: ChatMessage.CopyRequested) -> None:
+        self.wb.copy_text(event.text, event.what)
