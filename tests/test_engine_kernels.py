@@ -122,9 +122,12 @@ def test_the_library_is_rebuilt_for_a_changed_source(monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path))
     first = kernels.build()
     assert first.exists() and first.parent == tmp_path / "kernels"
-    source = tmp_path / "kernels.c"
-    source.write_text(kernels.SOURCE.read_text() + "\n/* changed */\n")
-    monkeypatch.setattr(kernels, "SOURCE", source)
+    source_dir = tmp_path / "src"
+    source_dir.mkdir()
+    for path in [*kernels.sources(), kernels.SOURCE_DIR / "kernels.h"]:
+        (source_dir / path.name).write_bytes(path.read_bytes())
+    (source_dir / "kernels.c").write_text((source_dir / "kernels.c").read_text() + "\n/* changed */\n")
+    monkeypatch.setattr(kernels, "SOURCE_DIR", source_dir)
     second = kernels.build()
     assert second.exists() and second != first
 

@@ -15,6 +15,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "kernels.h"
+
 /* exp(x): 2^n * p(r), |r| <= ln2/2, degree-6 Taylor polynomial (relative error < 2e-7). Written out
  * so that the loops calling it vectorise (a libm call per element does not). */
 static inline float exp_poly(float x) {
@@ -165,7 +167,6 @@ void softmax_keys(float *restrict scores, float *restrict sums, int64_t h0, int6
 #define MAX_THREADS 16
 #define SPIN_NS 1000000LL
 
-typedef void (*task_fn)(void *ctx, int64_t part, int64_t parts);
 static pthread_mutex_t run_lock = PTHREAD_MUTEX_INITIALIZER; /* one parallel job at a time */
 static pthread_mutex_t wake_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t wake_cond = PTHREAD_COND_INITIALIZER;
@@ -221,7 +222,7 @@ static void forget_workers(void) { /* in a forked child: the workers stayed with
 }
 
 /* fn(ctx, part, parts) for part in [0, parts), part 0 on the calling thread. */
-static void run_parallel(task_fn fn, void *ctx, int64_t parts) {
+void run_parallel(task_fn fn, void *ctx, int64_t parts) {
     if (parts > MAX_THREADS) parts = MAX_THREADS;
     if (parts <= 1) {
         fn(ctx, 0, 1);

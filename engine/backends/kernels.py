@@ -25,7 +25,11 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).with_name("kernels.c")
+SOURCE_DIR = Path(__file__).parent  # every *.c here is one library; kernels.h is what they share
+
+
+def sources() -> list[Path]:
+    return sorted(SOURCE_DIR.glob("*.c"))
 FLAGS = ["-O3", "-march=native", "-fopenmp-simd", "-ffp-contract=fast", "-fPIC", "-shared", "-pthread"]
 _P, _I, _F = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float  # arrays go in as arr.ctypes.data
 SIGNATURES = {
@@ -67,12 +71,13 @@ def _compiler() -> str | None:
 
 
 def library_path(compiler: str) -> Path:
-    identity = b"\0".join([SOURCE.read_bytes(), " ".join([compiler, *FLAGS]).encode(), _cpu_flags().encode()])
+    texts = [path.read_bytes() for path in [*sources(), SOURCE_DIR / "kernels.h"]]
+    identity = b"\0".join([*texts, " ".join([compiler, *FLAGS]).encode(), _cpu_flags().encode()])
     return _cache_dir() / f"kernels-{hashlib.blake2b(identity, digest_size=8).hexdigest()}.so"
 
 
 def build() -> Path:
-    """Compile kernels.c unless a library for this source, compiler and CPU exists; return its path."""
+    """Compile the C files unless a library for this source, compiler and CPU exists; return its path."""
     compiler = _compiler()
     if compiler is None:
         raise RuntimeError("no C compiler found (install gcc or set CC)")
@@ -86,7 +91,7 @@ def build() -> Path:
             return target
         fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".so.tmp")
         os.close(fd)
-        cmd = [compiler, *FLAGS, str(SOURCE), "-o", tmp, "-lm"]
+        cmd = [compiler, *FLAGS, *map(str, sources()), "-o", tmp, "-lm"]
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
         except OSError as exc:
@@ -94,7 +99,7 @@ def build() -> Path:
             raise RuntimeError(f"cannot run the C compiler {compiler}: {exc.strerror}") from exc
         if proc.returncode != 0:
             os.unlink(tmp)
-            raise RuntimeError(f"{compiler} could not build {SOURCE.name}: {proc.stderr.strip()[-2000:]}")
+            raise RuntimeError(f"{compiler} could not build {SOURCE_DIR}/*.c: {proc.stderr.strip()[-2000:]}")
         os.replace(tmp, target)  # atomic: a reader sees the whole library or none
     return target
 
