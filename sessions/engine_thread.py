@@ -14,12 +14,13 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future
-from typing import Any
+from typing import Any, TypeVar
 
 log = logging.getLogger("workbench.sessions")
 
 MAX_LOADED_MODELS = 2  # an LRU: switching back and forth between two models costs no reload
-CANCEL_POLL_S = 0.05  # how often a wait on a load notices a cancel
+CANCEL_POLL_S = 0.05
+T = TypeVar("T")  # how often a wait on a load notices a cancel
 
 
 class Job:
@@ -68,6 +69,19 @@ class EngineThread:
             self._waiting.append(job)
         self._jobs.put(job)
         return ahead
+
+    def call(self, fn: Callable[[], T]) -> Future[T]:
+        """Run `fn` on the engine thread after the jobs before it; its result or error in the future."""
+        done: Future[T] = Future()
+
+        def run() -> None:
+            try:
+                done.set_result(fn())
+            except BaseException as exc:  # the caller gets it from the future
+                done.set_exception(exc)
+
+        self.submit(Job(run, done.cancel))
+        return done
 
     def pending(self) -> list[Job]:
         with self._lock:

@@ -55,6 +55,7 @@ class SessionStarted(Event):
     created: bool = False  # a new session (False: resumed)
     messages: int = 0  # messages before this turn
     kv_reuse: bool = True  # False when the session moved to another model or --no-cache
+    context_size: int = 0  # the model's context length in tokens
 
 
 @dataclass

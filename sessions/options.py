@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from core.errors import UsageError
+from core.errors import NotFound, UsageError
 from sessions.model import Settings
 
 
@@ -75,3 +75,26 @@ def model_name(name: str) -> str:
     """A model directory given by a relative path is stored absolute, so any directory can resume."""
     path = Path(name).expanduser()
     return str(path.resolve()) if path.is_dir() else name
+
+
+def default_model() -> str:
+    import engine
+
+    return engine.DEFAULT_MODEL
+
+
+def check_model_exists(name: str) -> None:
+    from engine.errors import EngineError
+    from engine.loader import resolve_path
+
+    try:
+        resolve_path(name)
+    except EngineError as exc:
+        raise NotFound(f"model {name!r} not found: {exc}") from None
+
+
+def engine_load(name: str, backend: str | None) -> Any:
+    """The service's default model loader (the engine thread calls it)."""
+    import engine
+
+    return engine.load_model(name, backend=backend)

@@ -38,6 +38,7 @@ from sessions.recording import finish_turn, record_start
 from sessions.retrieval import Retrieved, Retriever
 from sessions.store import SessionStore
 from sessions.turn import Turn
+from sessions.warm import LIVE_TIER, LiveCache
 
 log = logging.getLogger("workbench.sessions")
 
@@ -58,6 +59,7 @@ class TurnJob:
     retriever: Retriever
     lease: Callable[[str], None]  # takes the session's lease (a new session's, once it is stored)
     partial_interval_s: float = 0.5
+    live: LiveCache = field(default_factory=lambda: LiveCache(0))  # the service's kept cache (warm.py)
 
 
 @dataclass
@@ -106,7 +108,16 @@ def run_turn(job: TurnJob) -> None:
     except Exception as exc:
         log.exception("turn of session %s failed", job.session.id)
         result = _error(state, f"{type(exc).__name__}: {exc}", getattr(exc, "exit_code", 1))
+    _keep_live(state, result)
     job.turn.emit(result)
+
+
+def _keep_live(state: TurnState, result: Result) -> None:
+    """Keep the turn's cache for the session's next turn when it holds exactly the saved history (a
+    turn that failed or never built a cache leaves the slot as it is: emptied by `take`, or untouched)."""
+    s = state.job.session
+    if not result.is_error and state.cache is not None and not state.job.options.no_cache:
+        state.job.live.keep(s.id, state.model.fingerprint, s.history, state.cache)
 
 
 def _phases(state: TurnState) -> Result:
@@ -260,6 +271,7 @@ def session_event(state: TurnState) -> SessionStarted:
         created=state.job.is_new,
         messages=len(s.messages),  # messages before this turn
         kv_reuse=state.kv_reuse,
+        context_size=state.model.context_length,
     )
 
 
@@ -268,10 +280,16 @@ def restore(state: TurnState) -> None:
     from kvstore import RestoreResult, space_of
 
     s, prompt_ids = state.session, state.fitted.token_ids
-    state.cache = state.model.make_cache()
-    state.blocks = None if state.job.options.no_cache else state.job.blocks()  # --no-cache: no block I/O
+    t0 = time.perf_counter()
+    no_cache = state.job.options.no_cache
+    kept = None if no_cache else state.job.live.take(s.id, state.model.fingerprint, prompt_ids)
+    state.cache = kept if kept is not None else state.model.make_cache()
+    state.blocks = None if no_cache else state.job.blocks()  # --no-cache: no block I/O
     state.restored = RestoreResult()
-    if state.blocks is not None:
+    if kept is not None:  # the session's own cache, kept in this process since its last turn or open
+        n = kept.offset
+        state.restored = RestoreResult(n, {LIVE_TIER: n}, restore_s=time.perf_counter() - t0)
+    elif state.blocks is not None:
         # Even after a model switch: blocks are addressed by model identity, so whatever is found (a
         # system prompt another session shares) is exact for this model.
         # The previous turn's blocks may still be in the background writer's queue (turns back to back,

@@ -21,24 +21,33 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from typing import Any, Literal, TypeVar
 
 import redis
 
-from core.errors import NotFound, UsageError
+from core.errors import UsageError
 from core.lease import LEASE_MS, LeaseKeeper
 from sessions import export as exporting
+from sessions import forking
 from sessions.engine_thread import EngineThread
 from sessions.events import Result
 from sessions.ids import new_id
-from sessions.log import history_delta, message_record
 from sessions.model import Session, SessionInfo, Settings, title_from_prompt
-from sessions.options import TurnOptions, model_name, repo_root
+from sessions.options import (
+    TurnOptions,
+    check_model_exists,
+    default_model,
+    engine_load,
+    model_name,
+    repo_root,
+)
 from sessions.retrieval import Retriever
 from sessions.runner import TurnJob, run_turn
 from sessions.store import SearchHit, SessionStore
 from sessions.turn import Turn
 from sessions.turn_queue import TurnQueue, cancelled
+from sessions.warm import LiveCache, WarmReport, warm_session
 from sessions.workers import Workers
 
 log = logging.getLogger("workbench.sessions")
@@ -58,7 +67,7 @@ class SessionService:
         lease_ms: int = LEASE_MS,
     ) -> None:
         self.partial_interval_s = partial_interval_s
-        loader = load_model or (lambda name, backend: _engine_load(name, backend))
+        loader = load_model or engine_load
         self._engine = EngineThread(loader)
         self._blocks = block_store
         self._blocks_tried = block_store is not None
@@ -66,6 +75,7 @@ class SessionService:
         self._blocks_lock = threading.Lock()
         self._retriever = Retriever()
         self._queue = TurnQueue(self._engine)
+        self._live = LiveCache()  # the last session's KV cache, for its next turn (sessions/warm.py)
         self._r: redis.Redis | None = None
         self._store: SessionStore | None = None
         self._leases: LeaseKeeper | None = None
@@ -166,8 +176,21 @@ class SessionService:
             retriever=self._retriever,
             lease=self.leases.acquire,
             partial_interval_s=self.partial_interval_s,
+            live=self._live,
         )
         self._queue.enqueue(turn, lambda: run_turn(job))
+
+    def warm(self, id_or_prefix: str, model: str | None = None, backend: str | None = None) -> Future:
+        """Load the session's model and restore its saved KV history into this process's live cache, on
+        the engine thread after the turns queued before; its next turn then prefills only what is new.
+        The future's WarmReport says what was restored from which tier and how long it took."""
+
+        def run() -> WarmReport:
+            session = self.store.load(self.resolve(id_or_prefix))
+            loaded = self._engine.model(model_name(model) if model else session.model, backend)
+            return warm_session(self._live, session, loaded, self.blocks())
+
+        return self._engine.call(run)
 
     def _session_for(
         self, turn: Turn, session_ref: str | None, prompt: str, options: TurnOptions
@@ -184,7 +207,7 @@ class SessionService:
             created=now,
             updated=now,
             repo=repo_root(options.repo),
-            model=model_name(options.model or _default_model()),
+            model=model_name(options.model or default_model()),
         )
         return session, True
 
@@ -216,8 +239,8 @@ class SessionService:
         title: str = "",
     ) -> Session:
         """A new, empty session (the TUI's "new"); its title comes from the first prompt unless given."""
-        name = model_name(model or _default_model())
-        _check_model_exists(name)
+        name = model_name(model or default_model())
+        check_model_exists(name)
         now = time.time()
         session = Session(
             id=new_id(),
@@ -260,66 +283,10 @@ class SessionService:
 
     def fork(self, id_or_prefix: str, at: int | None = None, title: str | None = None) -> Session:
         """A new session with the first `at` messages (default: all); it shares the parent's KV blocks."""
-        parent_id = self.resolve(id_or_prefix)
-        parent = self.store.load(parent_id)
-        at = len(parent.messages) if at is None else at
-        if not 0 <= at <= len(parent.messages):
-            raise UsageError(
-                f"cannot fork session {parent_id} at message {at}: it has {len(parent.messages)}"
-            )
-        snap = self.store.load(parent_id, stop_after=at)
-        now = time.time()
-        child = Session(
-            id=new_id(),
-            title=title or f"{parent.title} (fork)",
-            created=now,
-            updated=now,
-            repo=parent.repo,
-            model=parent.model,
-            fingerprint=parent.fingerprint,
-            backend=parent.backend,
-            settings=parent.settings,
-            parent_id=parent_id,
-            fork_at=at,
-        )
-        records = [message_record(i, m) for i, m in enumerate(snap.messages)]
-        if records and snap.history:
-            records[-1]["history"] = history_delta(
-                [], snap.history, snap.history_fingerprint, snap.history_dtype
-            )
-        self.store.create(child, records)
-        child.messages, child.message_count = snap.messages, len(snap.messages)
-        child.history, child.history_fingerprint = snap.history, snap.history_fingerprint
-        child.history_dtype = snap.history_dtype
-        self._workers.in_background(self._pin_fork, child)  # opens the block store, hashes weights: seconds
+        child = forking.fork(self.store, self.resolve(id_or_prefix), at, title)
+        # Pinning opens the block store and hashes the weights: seconds, so in the background.
+        self._workers.in_background(lambda: forking.pin_fork(self.blocks(), child))
         return child
-
-    def _pin_fork(self, child: Session) -> None:
-        """Pin the blocks of the fork's history: the parent saved them when it had that history."""
-        blocks = self.blocks()
-        if blocks is None or not child.history:
-            return
-        from engine.errors import EngineError
-        from engine.loader import model_args, resolve_path
-        from kvstore import BlockSpace, weights_identity
-
-        try:
-            path = resolve_path(child.model)
-            args = model_args(path)
-        except EngineError as exc:
-            log.warning(
-                "fork %s: its KV blocks are not pinned, model %r is unavailable (%s)",
-                child.id,
-                child.model,
-                exc,
-            )
-            return
-        # Block keys depend on the model's fingerprint, KV dtype and weights (read from `path`), not on
-        # a loaded network: the session recorded the first two with its history.
-        identity = weights_identity(child.history_fingerprint, path)
-        space = BlockSpace(identity, child.history_dtype, args.num_hidden_layers, args.num_key_value_heads,
-                           args.head_dim)  # fmt: skip
-        blocks.pin(child.id, space, child.history)
 
     def delete(self, id_or_prefix: str) -> str:
         """Remove a session and unpin its KV blocks (blocks other sessions share stay pinned by them)."""
@@ -389,24 +356,3 @@ class SessionService:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-
-def _engine_load(name: str, backend: str | None) -> Any:
-    import engine
-
-    return engine.load_model(name, backend=backend)
-
-
-def _default_model() -> str:
-    import engine
-
-    return engine.DEFAULT_MODEL
-
-
-def _check_model_exists(name: str) -> None:
-    from engine.errors import EngineError
-    from engine.loader import resolve_path
-
-    try:
-        resolve_path(name)
-    except EngineError as exc:
-        raise NotFound(f"model {name!r} not found: {exc}") from None

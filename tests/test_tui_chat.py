@@ -4,15 +4,17 @@ kept), a resumed session shows its history, sessions are searched, renamed, fork
 from __future__ import annotations
 
 import asyncio
+import re
 from pathlib import Path
 
 import pytest
 
-from tests.headless_support import chat_model_dir
+from tests.headless_support import MAX_POSITIONS, chat_model_dir
 from tests.tui_support import SIZE, make_app, wait_for
 from workbench.tui.screens.main import MainScreen
 from workbench.tui.widgets.chat import AssistantMessage, UserMessage
 from workbench.tui.widgets.prompt import PromptInput
+from workbench.tui.widgets.status import StatusBar
 
 
 @pytest.fixture(scope="module")
@@ -129,10 +131,21 @@ def test_resume_shows_the_history_and_continues_the_session(
             await wait_for(pilot, lambda: screen.session_id == session_id)
             await pilot.pause(0.2)
             assert [u.text for u in screen.query(UserMessage)] == ["remember the parser"]
+            # On open, before any prompt: the KV history comes back from the block store, and says so.
+            said = lambda: [n.message for n in app._notifications if n.title == "KV cache"]  # noqa: E731
+            await wait_for(pilot, lambda: bool(said()))
+            restored = r"Restored [\d,]+ tokens from (disk|Redis)( and (disk|Redis))? in [\d.]+ s"
+            assert re.fullmatch(restored, said()[0]), said()
+            report = str(screen.query_one("#context-report").render())
+            assert "restored" in report and "the next turn prefills only the new message" in report
+            status = screen.query_one(StatusBar)
+            assert status.status.context_size == MAX_POSITIONS and "ctx " in status.render_text()
             await send(pilot, app, "and now?")
             await wait_for(pilot, lambda: screen.turn is not None and screen.turn.done)
             assert screen.session_id == session_id
-            assert screen.turn.result.tokens.get("cached", 0) > 0  # the first turn's KV blocks came back
+            result = screen.turn.result
+            assert set(result.cache_by_tier) == {"live"} and result.tokens["cached"] > 0  # nothing read again
+            assert f"/{MAX_POSITIONS:,}" in status.render_text()
 
     session_id = asyncio.run(first())
     asyncio.run(resumed(session_id))

@@ -165,6 +165,11 @@ class Backend:
             service.close_session(previous)
         return session
 
+    def warm(self, session_id: str) -> Any:
+        """Restore the session's KV history into the engine's live cache now (model loaded first), so
+        its next turn prefills only the new message; the sessions.warm.WarmReport of what was read."""
+        return self.connect().warm(session_id, self.options.model, self.options.backend).result()
+
     def forget_open(self) -> None:
         if self.open_session_id:
             self.connect().close_session(self.open_session_id)

@@ -26,17 +26,19 @@ from workbench.tui.widgets.chat import (
     LoadEarlier,
     ToolCallView,
     UserMessage,
+    reply_footer,
 )
-from workbench.tui.widgets.context import context_report, progress_bar
+from workbench.tui.widgets.context import ContextPanel, progress_bar
 from workbench.tui.widgets.prompt import PromptInput
-from workbench.tui.widgets.sessions import SessionList, SessionsPanel
-from workbench.tui.widgets.status import StatusBar
+from workbench.tui.widgets.sessions import SessionsPanel
+from workbench.tui.widgets.status import StatusBar, index_text
 
 if TYPE_CHECKING:
     from sessions.model import Session
     from sessions.turn import Turn
 
 WINDOW = 20  # messages shown when a session opens; "load earlier" adds this many more
+REDIS_POLL_S = 5.0  # how often the status bar checks that Redis answers
 
 
 class MainScreen(SessionScreen):
@@ -72,7 +74,7 @@ class MainScreen(SessionScreen):
                 yield ChatView(id="chat")
                 yield Static("", id="queue")
                 yield PromptInput(self.wb.history, id="prompt")
-            yield Static("[dim]No turn yet: retrieved code and the cache report show here.[/]", id="context")
+            yield ContextPanel(id="context")
         yield StatusBar(id="status")
         yield Footer()
 
@@ -103,6 +105,7 @@ class MainScreen(SessionScreen):
         self.app.call_from_thread(bar.change, model=model, activity="connecting")
         backend.connect()
         self.app.call_from_thread(bar.change, redis=f"redis {backend.redis_state()}", activity="ready")
+        self.app.call_from_thread(self.set_interval, REDIS_POLL_S, self.poll_redis)
         problem = backend.model_problem(model)
         if problem:
             self.app.call_from_thread(self._no_model, model, problem)
@@ -118,6 +121,20 @@ class MainScreen(SessionScreen):
             backend.start_index(lambda state: self.app.call_from_thread(self._index_state, state))
         else:
             self.app.call_from_thread(self.query_one(StatusBar).change, index="index not watched")
+
+    @work(thread=True, exclusive=True, group="redis-poll", exit_on_error=False)
+    def poll_redis(self) -> None:
+        self.app.call_from_thread(self._redis_state, self.wb.backend.redis_state())
+
+    def _redis_state(self, state: str) -> None:
+        bar = self.query_one(StatusBar)
+        was, bar.status.redis = bar.status.redis, f"redis {state}"
+        bar.change()
+        if was.startswith("redis ok") and state.startswith("down"):
+            self.notify(f"Redis {state}: sessions are safe on disk; turns fail until it is back",
+                        title="Redis", severity="error")  # fmt: skip
+        elif was.startswith("redis down") and state.startswith("ok"):
+            self.notify("Redis is reachable again", title="Redis")
 
     def _no_model(self, model: str, problem: str) -> None:
         def chosen(answer: str | None) -> None:
@@ -139,16 +156,15 @@ class MainScreen(SessionScreen):
         self.app.call_from_thread(self.query_one(StatusBar).change, activity="ready")
 
     def _index_state(self, state: IndexState) -> None:
-        if state.state == "ready":
-            text = f"index {state.files:,} files · {state.chunks:,} chunks"
-        elif state.total:
-            text = f"index {state.state} {progress_bar(state.done, state.total)} {state.detail}".rstrip()
-        elif state.state == "off":
-            text = "index off"
+        if state.state == "off":
             self.notify(state.detail, title="Index", severity="warning")
-        else:
-            text = f"index {state.state}…"
-        self.query_one(StatusBar).change(index=text)
+        self.query_one(StatusBar).change(index=index_text(state))
+
+    @on(ContextPanel.ChunkChosen)
+    def open_chunk(self, event: ContextPanel.ChunkChosen) -> None:
+        from workbench.tui.screens.chunk import ChunkScreen
+
+        self.app.push_screen(ChunkScreen(self.wb.backend.options.repo, event.chunk))
 
     # -- showing a session --------------------------------------------------------------------------
 
@@ -167,11 +183,9 @@ class MainScreen(SessionScreen):
         self.query_one(StatusBar).change(model=session.model, context_used=cached)
         self.sub_title = session.title
         if session.messages:
-            self.notify(
-                f"{session.title}: {len(session.messages)} messages; {cached:,} tokens of KV history "
-                "to restore from the block store on the next turn",
-                title="Resumed",
-            )
+            self.notify(f"{session.title}: {len(session.messages)} messages", title="Resumed")
+        if cached:
+            self.warm(session.id, cached)
 
     def _widgets_for(self, start: int, end: int) -> list[ChatMessage]:
         widgets: list[ChatMessage] = []
@@ -275,18 +289,15 @@ class MainScreen(SessionScreen):
             if self.session_id is None and "new" in self.policies:
                 self.policies[event.session_id] = self.policies.pop("new")
             self.session_id = event.session_id
-            bar.change(model=event.model, backend=event.backend)
+            bar.change(model=event.model, backend=event.backend, context_size=event.context_size)
         elif kind == "queued":
             bar.change(activity=f"queued #{event.position}")
         elif kind == "model_loading":
             bar.change(activity="model loaded" if event.done else f"loading {event.name}")
         elif kind == "retrieval":
-            self.query_one("#context", Static).update(context_report(event, None))
-            self._last_retrieval = event
+            self.query_one(ContextPanel).show(event)
         elif kind == "cache":
-            self.query_one("#context", Static).update(
-                context_report(getattr(self, "_last_retrieval", None), event)
-            )
+            self.query_one(ContextPanel).show(None, event)
             bar.change(activity=f"prefill {event.prefill_tokens:,} (cached {event.cached_tokens:,})")
         elif kind == "prefill":
             bar.change(activity=f"prefill {event.done:,}/{event.total:,}")
@@ -308,16 +319,8 @@ class MainScreen(SessionScreen):
     async def _finish(self, reply: AssistantMessage, result: Any) -> None:
         bar = self.query_one(StatusBar)
         interrupted = result.finish_reason == "cancelled"
-        tokens = result.tokens or {}
-        timings = result.timings or {}
-        parts = [result.finish_reason or "done"]
-        if interrupted:
-            parts = ["interrupted (Esc): partial reply kept"]
-        if timings.get("decode_tok_s"):
-            parts.append(f"{timings['decode_tok_s']:.1f} tok/s")
-        if tokens.get("prompt"):
-            parts.append(f"prompt {tokens['prompt']:,} ({tokens.get('cached', 0):,} cached)")
-        await reply.finish(" · ".join(parts), result.message, interrupted)
+        tokens, timings = result.tokens or {}, result.timings or {}
+        await reply.finish(reply_footer(result), result.message, interrupted)
         if result.is_error:
             self.notify(result.error or "the turn failed", title="Error", severity="error")
         used = tokens.get("prompt", 0) + tokens.get("generated", 0)
@@ -351,15 +354,6 @@ class MainScreen(SessionScreen):
         self.run_worker(self.wb.backend.forget_open, thread=True)
 
     # -- panels and copying -------------------------------------------------------------------------
-
-    def action_toggle_sessions(self) -> None:
-        panel = self.query_one("#sessions")
-        panel.display = not panel.display
-        self.wb.settings.show_sessions = panel.display
-        self.wb.save_settings()
-        if panel.display:
-            self.refresh_sessions()
-            self.query_one(SessionList).focus()
 
     def action_toggle_context(self) -> None:
         panel = self.query_one("#context")

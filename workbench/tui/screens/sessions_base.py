@@ -10,7 +10,9 @@ from textual.screen import Screen
 
 from workbench.tui.screens.modals import ConfirmScreen, TextPromptScreen
 from workbench.tui.widgets.chat import ChatMessage
+from workbench.tui.widgets.context import ContextPanel, warm_report
 from workbench.tui.widgets.sessions import SessionList, SessionsPanel
+from workbench.tui.widgets.status import StatusBar
 
 if TYPE_CHECKING:
     from sessions.model import Session
@@ -19,6 +21,7 @@ if TYPE_CHECKING:
 
 class SessionScreen(Screen[None]):
     session_id: str | None = None
+    busy = False  # a turn was submitted and has not ended
 
     @property
     def wb(self) -> WorkbenchApp:
@@ -42,6 +45,15 @@ class SessionScreen(Screen[None]):
         panel = self.query_one(SessionsPanel)
         self.app.call_from_thread(panel.show_sessions, rows, all_repos, self.session_id)
 
+    def action_toggle_sessions(self) -> None:
+        panel = self.query_one("#sessions")
+        panel.display = not panel.display
+        self.wb.settings.show_sessions = panel.display
+        self.wb.save_settings()
+        if panel.display:
+            self.refresh_sessions()
+            self.query_one(SessionList).focus()
+
     @on(SessionsPanel.SearchChanged)
     def search_changed(self, event: SessionsPanel.SearchChanged) -> None:
         self.refresh_sessions(event.query)
@@ -60,6 +72,32 @@ class SessionScreen(Screen[None]):
             return
         self.app.call_from_thread(self._show_session, session)
         self.app.call_from_thread(self.refresh_sessions)
+
+    @work(thread=True, exclusive=True, group="warm", exit_on_error=False)
+    def warm(self, session_id: str, tokens: int) -> None:
+        """Restore the opened session's KV history while the user reads and types (sessions/warm.py)."""
+        bar = self.query_one(StatusBar)
+        if not self.busy:
+            self.app.call_from_thread(bar.change, activity=f"restoring {tokens:,} tokens")
+        try:
+            report = self.wb.backend.warm(session_id)
+        except Exception as exc:  # the next turn restores (or recomputes) it instead: say so, go on
+            self.app.call_from_thread(self.notify, f"KV history not restored now: {exc}", title="Resume",
+                                      severity="warning")  # fmt: skip
+            report = None
+        self.app.call_from_thread(self._warmed, session_id, report)
+
+    def _warmed(self, session_id: str, report: Any) -> None:
+        if not self.busy:
+            self.query_one(StatusBar).change(activity="ready")
+        if report is None or session_id != self.session_id:
+            return
+        if report.context_size:
+            self.query_one(StatusBar).change(context_size=report.context_size)
+        self.query_one(ContextPanel).note(warm_report(report))
+        text = report.describe()
+        severity = "warning" if report.skipped else "information"
+        self.notify(text[0].upper() + text[1:], title="KV cache", severity=severity)
 
     @on(SessionList.Action)
     def session_action(self, event: SessionList.Action) -> None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -246,3 +246,16 @@ class ToolCallView(Vertical):
         self.query_one(".tool-output", Static).update(result[:4000])
         box.collapsed = ok
         self.set_class(not ok, "failed")
+
+
+def reply_footer(result: Any) -> str:
+    """The line under a finished reply: how it ended, its speed, its prompt and what was cached."""
+    tokens, timings = result.tokens or {}, result.timings or {}
+    parts = [result.finish_reason or "done"]
+    if result.finish_reason == "cancelled":
+        parts = ["interrupted (Esc): partial reply kept"]
+    if timings.get("decode_tok_s"):
+        parts.append(f"{timings['decode_tok_s']:.1f} tok/s")
+    if tokens.get("prompt"):
+        parts.append(f"prompt {tokens['prompt']:,} ({tokens.get('cached', 0):,} cached)")
+    return " · ".join(parts)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from textual.reactive import reactive
 from textual.widgets import Static
@@ -42,3 +43,16 @@ class StatusBar(Static):
         for name, value in fields.items():
             setattr(self.status, name, value)
         self.mutate_reactive(StatusBar.status)
+
+
+def index_text(state: Any) -> str:
+    """The status bar's index field for a backend IndexState."""
+    from workbench.tui.widgets.context import progress_bar
+
+    if state.state == "ready":
+        return f"index {state.files:,} files · {state.chunks:,} chunks"
+    if state.total:
+        return f"index {state.state} {progress_bar(state.done, state.total)} {state.detail}".rstrip()
+    if state.state == "off":
+        return "index off"
+    return f"index {state.state}…"
