@@ -204,9 +204,11 @@ class MainScreen(SessionScreen):
     async def load_earlier(self, event: LoadEarlier.Pressed) -> None:
         event.stop()
         chat = self.query_one(ChatView)
-        start = max(0, self.first_shown - WINDOW)
+        bars = chat.query(LoadEarlier)
+        if not bars or not self.first_shown:  # a press that arrived after the last load
+            return
+        bar, start = bars.first(), max(0, self.first_shown - WINDOW)
         widgets = self._widgets_for(start, self.first_shown)
-        bar = chat.query_one(LoadEarlier)
         self.first_shown = start
         await chat.mount_all(widgets, after=bar)
         if start:

@@ -98,11 +98,24 @@ class AssistantMessage(ChatMessage):
         # Imported here: Markdown (markdown-it, Pygments) is heavy and not needed for the first frame.
         from textual.widgets import Collapsible, Markdown
 
+        # A reply from the history is drawn once, as one Rich renderable: Textual's Markdown widget
+        # (a widget per block, needed to stream) costs ~40 ms a message to mount against ~4 ms, and a
+        # long session opens and loads earlier messages twenty at a time (bench/tui_live_bench.py).
+        recorded = bool(self.text or self.reasoning)
         with Collapsible(title="reasoning", collapsed=True, classes="reasoning") as box:
             box.display = bool(self.reasoning)
-            yield Markdown(self.reasoning, classes="reasoning-text")
-        yield Markdown(self.text, classes="answer")
+            if recorded:
+                yield Static(self._rendered(self.reasoning), classes="reasoning-text")
+            else:
+                yield Markdown(self.reasoning, classes="reasoning-text")
+        yield Static(self._rendered(self.text), classes="answer") if recorded else Markdown(classes="answer")
         yield Static("", classes="reply-footer")
+
+    def _rendered(self, text: str) -> object:
+        from rich.markdown import Markdown as RichMarkdown
+
+        dark = self.app.current_theme.dark if self.app.current_theme else True
+        return RichMarkdown(text, code_theme="ansi_dark" if dark else "ansi_light")
 
     # -- streaming -------------------------------------------------------------------------------
 
