@@ -17,12 +17,12 @@ from workbench.output import make_writer
 SID = "01m80g1mny6aqse5"
 
 
-def test_flags_reach_the_turn_request_and_default_to_no_tools() -> None:
+def test_flags_reach_the_turn_request_and_default_to_read_tools() -> None:
     parser = build_parser()
     request = turn_request(parser.parse_args(["-p", "x", "--allow-tools", "edit", "--max-turns", "3"]))
     assert (request.allow_tools, request.max_turns) == ("edit", 3)
     default = turn_request(parser.parse_args(["-p", "x"]))
-    assert (default.allow_tools, default.max_turns) == ("none", 8)
+    assert (default.allow_tools, default.max_turns) == ("read", 8)
 
 
 @pytest.mark.parametrize("args", [["--allow-tools", "write"], ["--max-turns", "0"]])
@@ -52,8 +52,8 @@ def test_a_headless_agent_turn_offers_tools_and_streams_a_valid_result(
     model = str(chat_model_dir(tmp_path_factory.getbasetemp()))
     base = ["-p", "What is in notes.txt?", "--model", model, "--repo", str(tmp_path), "--no-rag",
             "--temperature", "0", "--max-tokens", "8", "--output-format", "stream-json"]  # fmt: skip
-    plain = workbench(*base)
-    agent = workbench(*base, "--allow-tools", "read", "--max-turns", "2")
+    plain = workbench(*base, "--allow-tools", "none")
+    agent = workbench(*base, "--max-turns", "2")  # the default: read-only tools
     assert plain.code == 0 and agent.code == 0, agent
     events = agent.lines()
     allowed = {"queued", "model_loading", "session", "retrieval", "cache", "prefill", "delta", "tool_call",
