@@ -63,11 +63,6 @@ def on_engine_thread(step: Callable[[list[dict[str, Any]], threading.Event], Ite
         yield item
 
 
-def run_on(on_engine: OnEngine | None, fn: Callable[[], Any]) -> Any:
-    """`fn()` on the engine thread (here when there is no engine thread to go back to)."""
-    return fn() if on_engine is None else on_engine(fn).result()
-
-
 class TurnApprover:
     """The agent.policy.Approver of `TurnOptions(ask_approval=True)`: an `approval` event the caller
     answers with `Turn.answer`; a cancel rejects at once. It waits on the agent's thread only."""

@@ -17,7 +17,7 @@ import logging
 import threading
 from typing import Any
 
-from sessions.agent_bridge import Partials, TurnApprover, on_engine_thread, run_on
+from sessions.agent_bridge import Partials, TurnApprover, on_engine_thread
 from sessions.events import Delta, Result, ToolCall, ToolResult
 from sessions.model import Message
 from sessions.prompt import template_messages
@@ -185,8 +185,13 @@ class AgentTurn:
             self._record(Message(role="assistant", content=text["answer"], reasoning=text["reasoning"],
                                  model=self.state.name, finish_reason="error", status="interrupted",
                                  error=outcome.error))  # fmt: skip
+        elif self.job.on_engine is None:
+            self._save_blocks()
         else:
-            run_on(self.job.on_engine, self._save_blocks)  # the cache belongs to the engine thread
+            # On the engine thread, where the cache belongs; not waited for, so a cancel ends the turn at
+            # once even while another turn generates. It is queued before anything this turn's Result
+            # lets run (the session's next turn), so that turn finds the blocks.
+            self.job.on_engine(self._save_blocks)
         infos = [st.info for st in outcome.steps]
         r = self.state.restored
         tokens = {

@@ -159,3 +159,28 @@ def test_a_callable_approver_still_works_and_is_not_called_on_the_engine_thread(
     assert threads and threads[0] != "wb-engine" and (repo / "notes.txt").read_text() == "alpha\ngamma\n"
     assert any(isinstance(e, ToolCall) for e in events)
     assert handle.result.tool_calls[0]["approval"]["by"] == "user"
+
+
+def test_a_turn_of_the_same_session_waits_for_the_agent_turn_and_a_cancel_ends_it_at_once(
+    svc: Any, steered: Steered, repo: Path
+) -> None:
+    steered.script(EDIT, "Edited.", "Next turn.")
+    agent = svc.start_turn(None, "Change beta.", options(repo, ask_approval=True))
+    queued: list[Any] = []
+    for event in agent:
+        if isinstance(event, ApprovalNeeded):
+            sid = agent.session_id
+            later = svc.start_turn(sid, "And now?", options(repo, allow_tools="none"))
+            dropped = svc.start_turn(sid, "Never mind.", options(repo, allow_tools="none"))
+            time.sleep(0.5)  # the engine thread is free: were they not held back, they would run now
+            assert not later.done and not dropped.done
+            dropped.cancel()
+            assert dropped.wait(2) is not None and dropped.result.finish_reason == "cancelled"
+            queued.append(later)
+            agent.answer(event.call_id, "approve")
+    assert agent.result.text == "Edited."
+    (later,) = queued
+    result = later.wait(30)
+    assert result is not None and result.text == "Next turn." and not result.is_error
+    roles = [m.role for m in svc.show(agent.result.session_id).messages]
+    assert roles == ["user", "assistant", "tool", "assistant", "user", "assistant"]  # in order
