@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -25,9 +28,13 @@ EDIT = call("edit_file", path="notes.txt", old_text="beta", new_text="gamma")
 
 
 @pytest.fixture(scope="module")
-def steered(tiny_model: Any, tmp_path_factory: pytest.TempPathFactory) -> Steered:
-    directory = long_context_copy(tiny_model("qwen3").path, tmp_path_factory.mktemp("agent_svc2") / "qwen3")
-    return Steered(engine.load_model(directory, backend="numpy"))
+def model_dir(tiny_model: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return long_context_copy(tiny_model("qwen3").path, tmp_path_factory.mktemp("agent_svc2") / "qwen3")
+
+
+@pytest.fixture(scope="module")
+def steered(model_dir: Path) -> Steered:
+    return Steered(engine.load_model(model_dir, backend="numpy"))
 
 
 @pytest.fixture
@@ -184,3 +191,42 @@ def test_a_turn_of_the_same_session_waits_for_the_agent_turn_and_a_cancel_ends_i
     assert result is not None and result.text == "Next turn." and not result.is_error
     roles = [m.role for m in svc.show(agent.result.session_id).messages]
     assert roles == ["user", "assistant", "tool", "assistant", "user", "assistant"]  # in order
+
+
+CHILD = """
+import json, sys
+import engine
+from sessions import SessionService, TurnOptions
+from tests.agent_support import Steered
+steered = Steered(engine.load_model(sys.argv[1], backend="numpy"), json.loads(sys.argv[3]))
+svc = SessionService(load_model=lambda name, backend: steered, partial_interval_s=0.0)
+turn = svc.start_turn(None, "What is in notes.txt?", TurnOptions(model="tiny", repo=sys.argv[2],
+                      allow_tools="read", temperature=0.0, max_tokens=3000, rag=False))
+for event in turn:
+    if event.type == "session":
+        print(event.session_id, flush=True)
+"""
+
+
+def test_a_process_killed_in_the_second_step_leaves_the_first_step_recorded(
+    redis_client: redis.Redis, model_dir: Path, repo: Path
+) -> None:
+    root = Path(__file__).resolve().parent.parent
+    replies = [call("read_file", path="notes.txt"), "The notes say alpha and beta. " * 80]
+    child = subprocess.Popen([sys.executable, "-c", CHILD, str(model_dir), str(repo), json.dumps(replies)],
+                             stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(root)})  # fmt: skip
+    sid = child.stdout.readline().decode().strip()
+    log = Path(os.environ["WORKBENCH_HOME"]) / "sessions" / f"{sid}.jsonl"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:  # kill once step 2 (message 3) has a partial record wholly on disk
+        data = log.read_bytes() if log.exists() else b""
+        if b'"t":"partial","n":3' in data.replace(b" ", b"") and data.endswith(b"\n"):
+            break
+        time.sleep(0.01)
+    child.send_signal(signal.SIGKILL)
+    child.wait(10)
+    with SessionService(redis_client) as svc:
+        messages = svc.show(sid).messages
+    assert [m.role for m in messages] == ["user", "assistant", "tool", "assistant"]
+    assert messages[1].content.startswith("<tool_call>") and messages[2].tool_results[0]["ok"]
+    assert messages[3].status == "interrupted" and replies[1].startswith(messages[3].content)
