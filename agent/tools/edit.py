@@ -101,7 +101,9 @@ class EditFile(Tool):
     kind = Kind.EDIT
     description = "Replace old_text, which must occur exactly once in the file, with new_text."
     parameters = object_schema(
-        ["path", "old_text", "new_text"], path={"type": "string"}, old_text={"type": "string"},
+        ["path", "old_text", "new_text"],
+        path={"type": "string"},
+        old_text={"type": "string"},
         new_text={"type": "string"},
     )
 

@@ -25,7 +25,10 @@ class SearchCode(Tool):
     name = "search_code"
     description = "Search the code index (by meaning and identifiers). path: a glob; k: hits (default 5)."
     parameters = object_schema(
-        ["query"], query={"type": "string"}, path={"type": "string"}, language={"type": "string"},
+        ["query"],
+        query={"type": "string"},
+        path={"type": "string"},
+        language={"type": "string"},
         k={"type": "integer"},
     )
 
