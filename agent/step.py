@@ -22,6 +22,10 @@ import engine
 from agent.cachebust import common_prefix, diagnose
 
 
+class ContextFull(Exception):
+    """A step's prompt (the conversation with the tool results so far) leaves no room for a reply."""
+
+
 @dataclass
 class StepOutput:
     text: str
@@ -97,6 +101,12 @@ class EngineStep:
         else:
             prompt_ids, continued = self.prompt(messages)
             bust = self._bust(messages, prompt_ids)
+        if len(prompt_ids) >= self.model.context_length:
+            raise ContextFull(
+                f"this step's prompt is {len(prompt_ids):,} tokens with the tool results so far; the model's "
+                f"context is {self.model.context_length:,} tokens, so the loop stops here (smaller reads "
+                "would fit: a read_file line range, a narrower grep)"
+            )
         if self.cache is None:
             self.cache = self.model.make_cache()
         keep = common_prefix(self.cached_ids, prompt_ids)
