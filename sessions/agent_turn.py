@@ -185,13 +185,13 @@ class AgentTurn:
             self._record(Message(role="assistant", content=text["answer"], reasoning=text["reasoning"],
                                  model=self.state.name, finish_reason="error", status="interrupted",
                                  error=outcome.error))  # fmt: skip
-        elif self.job.on_engine is None:
+        elif self.job.on_engine is None:  # inline: run_turn keeps the cache live afterwards
             self._save_blocks()
         else:
             # On the engine thread, where the cache belongs; not waited for, so a cancel ends the turn at
             # once even while another turn generates. It is queued before anything this turn's Result
-            # lets run (the session's next turn), so that turn finds the blocks.
-            self.job.on_engine(self._save_blocks)
+            # lets run (the session's next turn), so that turn finds the blocks and the live cache.
+            self.job.on_engine(lambda: self._save_blocks(keep_live=True))
         infos = [st.info for st in outcome.steps]
         r = self.state.restored
         tokens = {
@@ -215,9 +215,12 @@ class AgentTurn:
                       tool_calls=[rec.to_dict() for rec in outcome.records],
                       steps=len(outcome.steps))  # fmt: skip
 
-    def _save_blocks(self) -> None:
-        """Save and pin the KV blocks of the whole loop under the history the last reply recorded."""
+    def _save_blocks(self, keep_live: bool = False) -> None:
+        """Save and pin the KV blocks of the whole loop under the history the last reply recorded; with
+        `keep_live`, keep the cache itself for the session's next turn (sessions/warm.py)."""
         blocks, history = self.state.blocks, list(self.step.cached_ids)
+        if keep_live and history and not self.opts.no_cache:
+            self.job.live.keep(self.s.id, self.model.fingerprint, history, self.step.cache)
         if blocks is None or not history:
             return
         try:
