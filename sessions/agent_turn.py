@@ -163,6 +163,8 @@ class AgentTurn:
         """A step's reply, with the token history its KV cache now holds (the next step or turn extends
         it); its own tokens and timings (the first step's cached tokens are the restored blocks)."""
         info, finish = done.info.info, done.info.finish_reason
+        if finish == "cancelled" and not done.reply["content"] and not info.get("prompt_tokens"):
+            return  # a step dropped before it began (cancelled while queued): nothing happened
         r = self.state.restored
         cache = {"prompt": info.get("prompt_tokens", 0), "cached": info.get("cached_tokens", 0),
                  "prefilled": info.get("prefilled_tokens", 0), "generated": info.get("generated_tokens", 0),

@@ -177,7 +177,7 @@ class SessionService:
             lease=self.leases.acquire,
             partial_interval_s=self.partial_interval_s,
             live=self._live,
-            on_engine=self._queue.call,
+            on_engine=self._engine.call,
         )
         self._queue.enqueue(turn, lambda: run_turn(job))
 

@@ -10,14 +10,10 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future
-from typing import TypeVar
 
 from sessions.engine_thread import EngineThread, Job
 from sessions.events import Queued, Result
 from sessions.turn import Turn
-
-T = TypeVar("T")
 
 
 def cancelled(turn: Turn) -> Result:
@@ -88,19 +84,3 @@ class TurnQueue:
             self._parked = [p for p in self._parked if p[0] is not turn]
         if parked:
             self.end(turn, cancelled(turn))
-
-    def call(self, fn: Callable[[], T]) -> Future[T]:
-        """Run `fn` on the engine thread after the jobs queued before it; its result as a future
-        (cancel the future to drop `fn` before it starts)."""
-        future: Future[T] = Future()
-
-        def run() -> None:
-            if not future.set_running_or_notify_cancel():
-                return
-            try:
-                future.set_result(fn())
-            except BaseException as exc:
-                future.set_exception(exc)
-
-        self.engine.submit(Job(run, lambda: None))
-        return future

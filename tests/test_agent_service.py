@@ -193,6 +193,28 @@ def test_a_turn_of_the_same_session_waits_for_the_agent_turn_and_a_cancel_ends_i
     assert roles == ["user", "assistant", "tool", "assistant", "user", "assistant"]  # in order
 
 
+def test_cancel_while_a_step_waits_behind_another_turn_ends_the_turn_at_once(
+    svc: Any, steered: Steered, repo: Path
+) -> None:
+    steered.script(EDIT)  # then the model speaks freely: the other turn runs to its max_tokens
+    agent = svc.start_turn(None, "Change beta.", options(repo, ask_approval=True))
+    other = None
+    for event in agent:
+        if isinstance(event, ApprovalNeeded):
+            long = options(repo, allow_tools="none", max_tokens=3000)
+            other = svc.start_turn(None, "Tell a long story.", long)
+            next(e for e in other if isinstance(e, Delta))  # it holds the engine thread now
+            agent.answer(event.call_id, "approve")  # step 2 is queued behind it
+            time.sleep(0.2)
+            agent.cancel()
+    result = agent.result
+    assert other is not None and not other.done  # the agent turn did not wait for it
+    assert result.finish_reason == "cancelled" and result.steps == 2 and result.tool_calls[0]["ok"]
+    assert [m.role for m in svc.show(result.session_id).messages] == ["user", "assistant", "tool"]
+    other.cancel()
+    assert other.wait(10) is not None
+
+
 CHILD = """
 import json, sys
 import engine
