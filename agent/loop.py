@@ -100,6 +100,15 @@ class StepInfo:
 
 
 @dataclass
+class StepDone:
+    """A generation ended and its reply is in the history (before its calls run): a transcript records
+    it here, so a turn stopped later keeps it."""
+
+    info: StepInfo
+    reply: dict[str, Any]  # the assistant message appended
+
+
+@dataclass
 class LoopResult:
     messages: list[dict[str, Any]]  # appended by the loop: assistant replies and tool results
     records: list[ToolRecord]
@@ -114,7 +123,7 @@ class LoopResult:
         return replies[-1]["content"] if replies else ""
 
 
-LoopEvent = TextEvent | ToolCallEvent | ToolResultEvent | LoopResult
+LoopEvent = TextEvent | ToolCallEvent | ToolResultEvent | StepDone | LoopResult
 
 
 class AgentLoop:
@@ -148,6 +157,7 @@ class AgentLoop:
             info = {k: getattr(final, k) for k in _STEP_INFO if getattr(final, k, None) is not None}
             seconds = time.monotonic() - started
             result.steps.append(StepInfo(n, final.finish_reason, seconds, len(calls), info))
+            yield StepDone(result.steps[-1], reply)
             for call in calls:
                 record = self._execute(call, n)
                 result.records.append(record)

@@ -85,6 +85,13 @@ class Policy:
         self.grants: set[tuple[str, Kind]] = set()
         self._lock = threading.Lock()
 
+    def with_approver(self, approver: Approver | None) -> Policy:
+        """This policy asking `approver` instead, sharing its level and "always" grants (a turn's own
+        approver on the session's policy)."""
+        other = Policy(self.level, approver)
+        other.grants, other._lock = self.grants, self._lock
+        return other
+
     @property
     def offers_tools(self) -> bool:
         return self.level is not AllowLevel.NONE

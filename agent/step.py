@@ -14,12 +14,16 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import engine
 from agent.cachebust import common_prefix, diagnose
+
+
+class ContextFull(Exception):
+    """A step's prompt (the conversation with the tool results so far) leaves no room for a reply."""
 
 
 @dataclass
@@ -38,8 +42,13 @@ class StepOutput:
 
 class EngineStep:
     def __init__(self, model: Any, params: engine.SamplingParams, tools: Sequence[dict[str, Any]] | None,
-                 *, thinking: bool = False, continue_history: bool = True) -> None:  # fmt: skip
+                 *, thinking: bool = False, continue_history: bool = True,
+                 close_cut: bool = False) -> None:  # fmt: skip
         self.model, self.params, self.thinking = model, params, thinking
+        # A reply cut short (max_tokens, cancel) gets its last token fed, so the cache holds every token
+        # it produced: what a session's next turn extends (sessions/recording.py does the same).
+        self.close_cut = close_cut
+        self.on_prefill: Callable[[int, int], None] | None = None  # the next step's prefill progress
         self.tools = list(tools) if tools else None
         self.continue_history = continue_history
         self.cache: Any = None
@@ -92,6 +101,12 @@ class EngineStep:
         else:
             prompt_ids, continued = self.prompt(messages)
             bust = self._bust(messages, prompt_ids)
+        if len(prompt_ids) >= self.model.context_length:
+            raise ContextFull(
+                f"this step's prompt is {len(prompt_ids):,} tokens with the tool results so far; the model's "
+                f"context is {self.model.context_length:,} tokens, so the loop stops here (smaller reads "
+                "would fit: a read_file line range, a narrower grep)"
+            )
         if self.cache is None:
             self.cache = self.model.make_cache()
         keep = common_prefix(self.cached_ids, prompt_ids)
@@ -104,7 +119,8 @@ class EngineStep:
         params = dataclasses.replace(self.params, max_tokens=max(1, min(self.params.max_tokens, room)))
         final = None
         for ev in engine.generate(self.model, prompt_ids, params, cache=self.cache, cancel=cancel,
-                                  reasoning=self.thinking, last_logits=last_logits):  # fmt: skip
+                                  reasoning=self.thinking, last_logits=last_logits,
+                                  on_prefill=self.on_prefill):  # fmt: skip
             if isinstance(ev, engine.Delta):
                 yield ev
             else:
@@ -129,7 +145,20 @@ class EngineStep:
         sampled = list(final.token_ids)
         # The cache holds the prompt and every sampled token but the last (never fed back).
         self.cached_ids = [*prompt_ids, *sampled[:-1]][: self.cache.offset]
+        if self.close_cut and final.finish_reason in ("length", "cancelled") and sampled:
+            self._feed_last(prompt_ids, sampled)
         eos = self.model.tokenizer.eos_token_ids
         ended_at_eos = final.finish_reason == "stop" and bool(sampled) and sampled[-1] in eos
         self._history = [*prompt_ids, *sampled[:-1]] if ended_at_eos and not final.reasoning else None
         self._seen = [*messages, {"role": "assistant", "content": final.text}]
+
+    def _feed_last(self, prompt_ids: list[int], sampled: list[int]) -> None:
+        produced = [*prompt_ids, *sampled]
+        if self.cache.offset != len(produced) - 1 or len(produced) > self.model.context_length:
+            return
+        try:
+            self.model.forward([sampled[-1]], self.cache)
+        except Exception:  # the reply stands without it; the next turn just recomputes a little more
+            self.cache.trim(len(produced) - 1)
+            return
+        self.cached_ids = produced

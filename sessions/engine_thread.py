@@ -71,10 +71,13 @@ class EngineThread:
         return ahead
 
     def call(self, fn: Callable[[], T]) -> Future[T]:
-        """Run `fn` on the engine thread after the jobs before it; its result or error in the future."""
+        """Run `fn` on the engine thread after the jobs before it; its result or error in the future.
+        Cancelling the future before `fn` starts drops it (an agent step queued when its turn stops)."""
         done: Future[T] = Future()
 
         def run() -> None:
+            if not done.set_running_or_notify_cancel():
+                return
             try:
                 done.set_result(fn())
             except BaseException as exc:  # the caller gets it from the future

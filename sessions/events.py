@@ -187,6 +187,21 @@ class ToolResult(Event):
     data: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass
+class ApprovalNeeded(Event):
+    """A changing tool call waits for the caller's answer (`TurnOptions(ask=True)`): answer it with
+    `Turn.answer(call_id, "approve" | "reject" | "always")`; cancelling the turn rejects it. The engine
+    thread is free meanwhile (other turns run)."""
+
+    type: ClassVar[str] = "approval"
+    call_id: str = ""
+    tool: str = ""
+    kind: str = ""  # edit | command | secret
+    title: str = ""  # one line
+    preview: str = ""  # the diff, the command, the path
+    arguments: dict[str, Any] = field(default_factory=dict)
+
+
 TurnEvent = (
     Queued
     | ModelLoading
@@ -198,5 +213,6 @@ TurnEvent = (
     | TextDelta
     | ToolCall
     | ToolResult
+    | ApprovalNeeded
     | Result
 )

@@ -63,12 +63,27 @@ def fit_prompt(
     room = context_length - len(ids)
     if room < 1:
         over = len(ids) + 1 - context_length  # a reply needs at least one token
+        if tools:
+            kept = messages[dropped:]
+            bare = build_prompt(tokenizer, system_prompt, kept, thinking, chunk_ids, None, None).token_ids
+            raise PromptTooLong(_with_tools(len(ids), len(ids) - len(bare), model_name, context_length, over))
         raise PromptTooLong(
             f"the new message is {len(ids)} prompt tokens with the system prompt and its retrieved code; "
             f"{model_name} has a context of {context_length} tokens, so it is {over} tokens over "
             f"(shorten it, turn retrieval off with --no-rag, or use a model with a longer context)"
         )
     return Fitted(ids, min(max_tokens, room), dropped, len(full) - len(ids) if dropped else 0)
+
+
+def _with_tools(prompt: int, schema_tokens: int, model_name: str, context_length: int, over: int) -> str:
+    """The overflow of an agent turn, naming what the tool schemas cost: usually the biggest part."""
+    fits = "; without them it fits" if over <= schema_tokens else ""
+    return (
+        f"the new message is {prompt} prompt tokens with the system prompt, the tool schemas "
+        f"({schema_tokens} tokens{fits}) and its retrieved code; {model_name} has a context of "
+        f"{context_length} tokens, so it is {over} tokens over (offer no tools with --allow-tools none, "
+        f"shorten the message, turn retrieval off with --no-rag, or use a model with a longer context)"
+    )
 
 
 def _next_cut(messages: Sequence[Message], dropped: int) -> int:

@@ -32,6 +32,9 @@ class TurnOptions:
     # An agent.policy.Policy the caller keeps for the session (the TUI: its approver and "always" grants);
     # None: Policy(allow_tools) without an approver, so what the level does not allow is refused (headless).
     policy: Any = None
+    # Ask the caller about calls the level does not allow: an `approval` event, answered with
+    # Turn.answer(call_id, "approve" | "reject" | "always"); False: they are refused (headless).
+    ask_approval: bool = False
 
     def __post_init__(self) -> None:
         if self.allow_tools not in ("none", "read", "edit", "all"):

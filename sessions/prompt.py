@@ -127,20 +127,29 @@ def _continuation(
     tokens), which would throw away the previous reply's KV blocks every turn. Extending the history
     keeps them. A reply cut short (max_tokens, a cancel) is closed the same way: its history holds every
     token it produced (sessions/recording.py feeds the last one), and the template's end-of-turn text
-    follows, so the next turn extends what the model saw instead of re-rendering it. Only taken when it
-    is provably the same conversation: the previous reply ended with its end-of-turn token or was cut
-    (and has text), has no reasoning, the canonical rendering agrees with the history up to
-    that reply, and the text that follows starts at an end-of-turn token (a clean token boundary) and
-    holds the new user message. Anything else falls back to the canonical rendering.
+    follows. After an agent turn the previous reply is its last step's; the tool results after it are
+    new text (the loop stopped before a step read them), and its earlier steps and results are in the
+    history as they were prefilled.
+
+    Only taken when it is provably the same conversation: the previous reply ended with its end-of-turn
+    token or was cut, and has text; the history agrees with the canonical rendering through the first
+    user message (same system prompt, tools and model); everything after the first difference is the
+    messages' own text, in order, with no more than template text between them (`_explained`); and the
+    text after the previous reply starts at an end-of-turn token (a clean token boundary) and holds the
+    new user message. Anything else falls back to the canonical rendering.
     """
-    if len(messages) < 2:
+    if len(messages) < 2 or messages[-1].role != "user":
         return None
-    previous, new = messages[-2], messages[-1]
+    j = len(messages) - 2
+    while j > 0 and messages[j].role == "tool":  # results the previous turn's loop never read
+        j -= 1
+    previous, new = messages[j], messages[-1]
     if previous.role != "assistant" or previous.finish_reason not in CONTINUABLE:
         return None
-    if previous.reasoning or not previous.content or new.role != "user":
+    if previous.reasoning or not previous.content:
         return None
-    at = rendered.rfind(previous.content)
+    after = sum(len(m.content) for m in messages[j + 1 :])
+    at = rendered.rfind(previous.content, 0, len(rendered) - after)
     if at < 0:
         return None
     suffix = rendered[at + len(previous.content) :]
@@ -154,10 +163,40 @@ def _continuation(
         if a != b:
             break
         same += 1
-    differing = tokenizer.decode(list(history[same:]))
-    if len(differing) > len(previous.content) + 64:
-        return None  # more than the previous reply differs: another system prompt, edited history
-    if not (differing.endswith(previous.content) or previous.content.endswith(differing)):
+    first_user = next((m.content for m in messages if m.role == "user"), "")
+    if first_user and first_user not in tokenizer.decode(list(history[:same])):
+        return None  # it differs before the first user message: another system prompt or tools
+    if not _explained(tokenizer.decode(list(history[same:])), messages[: j + 1]):
         return None
     text = tokenizer.decode(list(history)) + "".join(suffix_parts)
     return Prompt([*history, *suffix_ids], text)
+
+
+# Template text between two messages' contents (Qwen3's end of turn, next header and empty think block,
+# a tool response's tags): more than this between them and the history is not these messages.
+TEMPLATE_GAP = 160
+
+
+def _explained(differing: str, messages: Sequence[Message]) -> bool:
+    """Whether `differing` (the history's text from its first difference with the canonical rendering)
+    is the tail of `messages`' contents, in order, with only template text (and a user message's
+    retrieved code, before its content) between them. The first difference may fall inside a message."""
+    last = messages[-1].content
+    if last.endswith(differing):
+        return True  # it differs inside the previous reply only (BPE split it otherwise)
+    if not differing.endswith(last):
+        return False
+    pos, after = len(differing) - len(last), messages[-1]
+    for m in reversed(messages[:-1]):
+        if not m.content:
+            continue
+        allowed = TEMPLATE_GAP + _context_chars(after)
+        i = differing.rfind(m.content, 0, pos)
+        if i < 0 or pos - (i + len(m.content)) > allowed:
+            return pos <= len(m.content) + allowed  # the first difference is inside `m` or just after it
+        pos, after = i, m
+    return pos <= TEMPLATE_GAP + _context_chars(after)
+
+
+def _context_chars(message: Message) -> int:
+    return len(context_text(message.context)) if message.context else 0

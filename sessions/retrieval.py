@@ -61,8 +61,10 @@ class Retriever:
         return None if done.cancelled() else done.result()
 
     def index_for(self, repo: str) -> Any:
-        """The repository's index (opened once per process): what the agent's search_code searches."""
-        return self._index(repo)
+        """The repository's index (opened once per process): what the agent's search_code searches.
+        Its calls take turns with retrievals (the agent calls it from a thread of its own)."""
+        with self._busy:
+            return _Serialized(self._index(repo), self._busy)
 
     def _index(self, repo: str) -> Any:
         if repo not in self._indexes:
@@ -119,3 +121,22 @@ class Retriever:
             out.chunks.append(chunk)
             out.tokens += cost
         return out
+
+
+class _Serialized:
+    """An index whose method calls hold `lock`: the embedding model and the index's Redis pipelines are
+    used by one thread at a time."""
+
+    def __init__(self, index: Any, lock: threading.Lock) -> None:
+        self._index, self._lock = index, lock
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._index, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            with self._lock:
+                return attr(*args, **kwargs)
+
+        return call

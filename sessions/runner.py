@@ -6,8 +6,8 @@ Nothing is written before the model is loaded and the prompt fits: a bad model, 
 or a cancel before `record_start` leaves the store untouched (and a new session uncreated). Then the
 user message is recorded (fsync) before generation, partial text is appended every
 `partial_interval_s` while generating (so kill -9 leaves an interrupted reply), and the reply is
-recorded when generation ends, cancelled or not. A tool loop would run `stream` again between
-`stream` and `finish`, with the tool results appended to the prompt.
+recorded when generation ends, cancelled or not. An agent turn runs the tool loop in place of `stream`
+and `finish` (sessions/agent_turn.py), mostly off the engine thread.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,6 +61,9 @@ class TurnJob:
     lease: Callable[[str], None]  # takes the session's lease (a new session's, once it is stored)
     partial_interval_s: float = 0.5
     live: LiveCache = field(default_factory=lambda: LiveCache(0))  # the service's kept cache (warm.py)
+    # Runs a callable on the engine thread, later, as a future: an agent turn leaves the engine thread
+    # between its generations (sessions/agent_turn.py). None: the turn runs wholly where it was called.
+    on_engine: Callable[[Callable[[], Any]], Future[Any]] | None = None
 
 
 @dataclass
@@ -99,7 +103,7 @@ class TurnFailed(Exception):
 
 
 def run_turn(job: TurnJob) -> None:
-    """Run `job` and always end its Turn with one Result."""
+    """Run `job` and always end its Turn with one Result (an agent turn's own thread may emit it)."""
     state = TurnState(job)
     try:
         result = _phases(state)
@@ -108,11 +112,12 @@ def run_turn(job: TurnJob) -> None:
     except Exception as exc:
         log.exception("turn of session %s failed", job.session.id)
         result = _error(state, f"{type(exc).__name__}: {exc}", getattr(exc, "exit_code", 1))
-    _keep_live(state, result)
-    job.turn.emit(result)
+    if result is not None:
+        keep_live(state, result)
+        job.turn.emit(result)
 
 
-def _keep_live(state: TurnState, result: Result) -> None:
+def keep_live(state: TurnState, result: Result) -> None:
     """Keep the turn's cache for the session's next turn when it holds exactly the saved history (a
     turn that failed or never built a cache leaves the slot as it is: emptied by `take`, or untouched)."""
     s = state.job.session
@@ -120,7 +125,7 @@ def _keep_live(state: TurnState, result: Result) -> None:
         state.job.live.keep(s.id, state.model.fingerprint, s.history, state.cache)
 
 
-def _phases(state: TurnState) -> Result:
+def _phases(state: TurnState) -> Result | None:
     job = state.job
     if not job.is_new:
         # Loaded here, not when the turn was queued: a turn queued behind another sees its reply.
@@ -131,7 +136,7 @@ def _phases(state: TurnState) -> Result:
             return _cancelled(state)
     record_start(state)
     restore(state)
-    if job.options.allow_tools != "none":  # an agent turn: the tool loop streams and records
+    if job.options.allow_tools != "none":  # an agent turn: the tool loop streams, records and ends it
         return run_agent_turn(state)
     stream(state)
     return finish_turn(state)
@@ -341,7 +346,7 @@ def stream(state: TurnState) -> None:
             last_logits=state.restored.last_logits,
             cancel=job.turn.cancel_event,
             reasoning=state.settings.thinking,
-            on_prefill=_prefill_reporter(job.turn, s.id),
+            on_prefill=prefill_reporter(job.turn, s.id),
         ):
             if isinstance(ev, engine.GenerationResult):
                 state.gen = ev
@@ -363,7 +368,7 @@ def stream(state: TurnState) -> None:
         state.error = f"{type(exc).__name__}: {exc}"
 
 
-def _prefill_reporter(turn: Turn, session_id: str) -> Callable[[int, int], None]:
+def prefill_reporter(turn: Turn, session_id: str) -> Callable[[int, int], None]:
     """Prefill events, strictly increasing and at most every PREFILL_EVENT_S, always the last one."""
     last = {"done": 0, "t": 0.0}
 

@@ -177,6 +177,7 @@ class SessionService:
             lease=self.leases.acquire,
             partial_interval_s=self.partial_interval_s,
             live=self._live,
+            on_engine=self._engine.call,
         )
         self._queue.enqueue(turn, lambda: run_turn(job))
 
@@ -339,7 +340,10 @@ class SessionService:
                 turn.cancel()
         if not self._workers.stop_admitting(left()):  # Redis still starting after `timeout`
             return False
-        clean = self._engine.close(left())
+        # Agent turns come back to the engine thread between their steps: it stays up until they end.
+        for turn in self.turns():
+            turn.wait(left())
+        clean = self._engine.close(left()) and not self.turns()
         self._workers.stop_background(wait=clean)
         if self._blocks is not None and clean:
             try:

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import Future
 
 from sessions.events import Result, SessionStarted, TurnEvent
 
@@ -24,6 +25,8 @@ class Turn:
         self._cond = threading.Condition()
         self._cancel = threading.Event()
         self._cancel_hooks: list[Callable[[], object]] = []
+        self._done_hooks: list[Callable[[], object]] = []
+        self._approvals: dict[str, Future[str]] = {}  # call id -> the caller's answer, while asked
         self._async_waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
 
     # -- the caller's side ---------------------------------------------------------------------
@@ -44,6 +47,18 @@ class Turn:
                 self._cancel_hooks.append(hook)
                 return
         hook()
+
+    def answer(self, call_id: str, decision: str) -> bool:
+        """Answer the `approval` event of `call_id`: "approve", "reject" or "always" (this tool, for as
+        long as the turn's policy lasts). False when that call is not (or no longer) waiting."""
+        if decision not in ("approve", "reject", "always"):
+            raise ValueError(f"an approval is approve, reject or always (got {decision!r})")
+        with self._cond:
+            future = self._approvals.pop(call_id, None)
+        if future is None or future.done():
+            return False
+        future.set_result(decision)
+        return True
 
     @property
     def cancelled(self) -> bool:
@@ -116,6 +131,22 @@ class Turn:
     def cancel_event(self) -> threading.Event:
         return self._cancel
 
+    def ask(self, call_id: str) -> Future[str]:
+        """The future `answer(call_id, ...)` resolves; a cancel resolves it with "reject" at once."""
+        future: Future[str] = Future()
+        with self._cond:
+            self._approvals[call_id] = future
+        self.on_cancel(lambda: future.done() or future.set_result("reject"))
+        return future
+
+    def on_done(self, hook: Callable[[], object]) -> None:
+        """Call `hook` once the Result is emitted (at once if it was): the turn queue's side."""
+        with self._cond:
+            if not self._done:
+                self._done_hooks.append(hook)
+                return
+        hook()
+
     def emit(self, event: TurnEvent) -> None:
         with self._cond:
             if self._done:
@@ -125,10 +156,14 @@ class Turn:
             if isinstance(event, SessionStarted):
                 self.session_id = event.session_id  # the session exists from here on
             self._events.append(event)
+            hooks: list[Callable[[], object]] = []
             if isinstance(event, Result):
                 self._done = True
+                hooks, self._done_hooks = self._done_hooks, []
             self._cond.notify_all()
             waiters = list(self._async_waiters)
         for loop, wake in waiters:
             with contextlib.suppress(RuntimeError):  # that reader's loop is closed: nothing to wake
                 loop.call_soon_threadsafe(wake.set)
+        for hook in hooks:
+            hook()

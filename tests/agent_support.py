@@ -32,6 +32,10 @@ class Steered:
     def say(self, *replies: str) -> None:
         self.replies.extend(replies)
 
+    def script(self, *replies: str) -> None:
+        """Say these replies next, dropping whatever a cancelled reply left of its script."""
+        self.replies, self._script, self._k = list(replies), [], 0
+
     def forward(self, ids: list[int], cache: Any, cancel: Callable[[], bool] | None = None,
                 **kwargs: Any) -> np.ndarray:  # fmt: skip
         logits = self._model.forward(ids, cache, cancel=cancel, **kwargs).copy()

@@ -143,3 +143,16 @@ def test_llama_makes_json_tool_calls_through_its_own_template(steered_llama: Ste
     second = step.outputs[1]
     assert second.continued and second.cache_bust is None
     assert second.prefilled_tokens < second.prompt_tokens / 4  # the tool result, not the whole prompt again
+
+
+def test_tool_results_that_fill_the_context_end_the_loop_with_a_clear_error(
+    tiny_model: Any, tmp_path: Path
+) -> None:
+    directory = long_context_copy(tiny_model("qwen3").path, tmp_path / "qwen3", positions=1600)
+    model = Steered(engine.load_model(directory, backend="numpy"))
+    (tmp_path / "big.txt").write_text("".join(f"line {i} of a long file\n" for i in range(300)))
+    step = SteeredStep(model, [call("read_file", path="big.txt"), "never said"])
+    result = loop(step, tmp_path)
+    assert result.finish_reason == "error" and len(result.steps) == 1 and result.records[0].ok
+    assert result.error.startswith("ContextFull: this step's prompt is ")
+    assert "context is 1,600 tokens" in result.error and "read_file line range" in result.error

@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,12 +19,12 @@ from workbench.output import make_writer
 SID = "01m80g1mny6aqse5"
 
 
-def test_flags_reach_the_turn_request_and_default_to_no_tools() -> None:
+def test_flags_reach_the_turn_request_and_default_to_read_tools() -> None:
     parser = build_parser()
     request = turn_request(parser.parse_args(["-p", "x", "--allow-tools", "edit", "--max-turns", "3"]))
     assert (request.allow_tools, request.max_turns) == ("edit", 3)
     default = turn_request(parser.parse_args(["-p", "x"]))
-    assert (default.allow_tools, default.max_turns) == ("none", 8)
+    assert (default.allow_tools, default.max_turns) == ("read", 8)
 
 
 @pytest.mark.parametrize("args", [["--allow-tools", "write"], ["--max-turns", "0"]])
@@ -52,8 +54,8 @@ def test_a_headless_agent_turn_offers_tools_and_streams_a_valid_result(
     model = str(chat_model_dir(tmp_path_factory.getbasetemp()))
     base = ["-p", "What is in notes.txt?", "--model", model, "--repo", str(tmp_path), "--no-rag",
             "--temperature", "0", "--max-tokens", "8", "--output-format", "stream-json"]  # fmt: skip
-    plain = workbench(*base)
-    agent = workbench(*base, "--allow-tools", "read", "--max-turns", "2")
+    plain = workbench(*base, "--allow-tools", "none")
+    agent = workbench(*base, "--max-turns", "2")  # the default: read-only tools
     assert plain.code == 0 and agent.code == 0, agent
     events = agent.lines()
     allowed = {"queued", "model_loading", "session", "retrieval", "cache", "prefill", "delta", "tool_call",
@@ -64,3 +66,45 @@ def test_a_headless_agent_turn_offers_tools_and_streams_a_valid_result(
     # The tool schemas are in the agent prompt (and only there).
     assert result["tokens"]["prompt"] > plain_result["tokens"]["prompt"] + 1000
     assert len([e for e in events if e["type"] == "tool_result"]) == len(result["tool_calls"])
+
+
+@pytest.fixture(scope="module")
+def steered(tiny_model: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    import engine
+    from tests.agent_support import Steered, long_context_copy
+
+    directory = long_context_copy(tiny_model("qwen3").path, tmp_path_factory.mktemp("agent_cli") / "qwen3")
+    return Steered(engine.load_model(directory, backend="numpy"))
+
+
+def headless_json(args: list[str], steered: Any, redis_client: Any, monkeypatch: pytest.MonkeyPatch,
+                  capsys: pytest.CaptureFixture[str]) -> tuple[int, dict[str, Any]]:  # fmt: skip
+    """`workbench -p ... --output-format json` in this process, on the steered model."""
+    from sessions import SessionService
+    from workbench import session_client
+    from workbench.headless import run_turns
+
+    service = SessionService(redis_client, load_model=lambda name, backend: steered)
+    monkeypatch.setattr(session_client, "open_service", lambda: service)
+    argv = ["-p", "x", "--model", "tiny", "--no-rag", "--temperature", "0", "--output-format", "json", *args]
+    request = turn_request(build_parser().parse_args(argv))
+    code = run_turns(request, ["Change beta in notes.txt."])
+    return code, json.loads(capsys.readouterr().out)
+
+
+@pytest.mark.parametrize(("flags", "applied", "by"),
+                         [([], False, "refused"), (["--allow-tools", "edit"], True, "auto")])  # fmt: skip
+def test_headless_enforces_the_allow_level_and_a_refusal_is_not_an_error(
+    flags: list[str], applied: bool, by: str, steered: Any, redis_client: Any, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    from tests.agent_support import call
+
+    (tmp_path / "notes.txt").write_text("alpha\nbeta\n")
+    steered.script(call("edit_file", path="notes.txt", old_text="beta", new_text="gamma"), "Done.")
+    args = ["--repo", str(tmp_path), *flags]
+    code, result = headless_json(args, steered, redis_client, monkeypatch, capsys)
+    assert code == 0 and not result["is_error"] and result["steps"] == 2 and result["text"] == "Done."
+    (record,) = result["tool_calls"]
+    assert record["tool"] == "edit_file" and record["approval"]["by"] == by and record["ok"] is applied
+    assert (tmp_path / "notes.txt").read_text() == ("alpha\ngamma\n" if applied else "alpha\nbeta\n")

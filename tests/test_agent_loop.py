@@ -83,7 +83,7 @@ def test_a_read_call_runs_and_its_result_is_appended_as_a_tool_message(repo: Pat
     assert record.ok and record.kind == "read" and record.verdict.by == "auto"
     assert record.summary == "src/app.py: lines 1-2"
     kinds = [type(e).__name__ for e in events if not isinstance(e, TextEvent)]
-    assert kinds == ["ToolCallEvent", "ToolResultEvent", "LoopResult"]
+    assert kinds == ["ToolCallEvent", "StepDone", "ToolResultEvent", "StepDone", "LoopResult"]
 
 
 def test_headless_read_level_refuses_edits_and_tells_the_model(repo: Path) -> None:

@@ -153,3 +153,21 @@ def test_cancelling_an_agent_turn_kills_the_command_and_keeps_what_happened(
     messages = svc.show(result.session_id).messages
     assert [m.role for m in messages] == ["user", "assistant", "tool"]
     assert messages[-1].tool_results[0]["data"]["ended"] == "cancelled"
+
+
+def test_the_turn_after_an_agent_turn_reuses_all_of_it_and_answers_as_a_full_recompute(
+    svc: Any, steered: Steered, repo: Path
+) -> None:
+    looking = f"Let me look.\n{call('read_file', path='notes.txt')}"
+    _, first = turn(svc, steered, repo, [looking, "Two lines."])
+    assert first.steps == 2 and first.tool_calls[0]["ok"]
+    history = svc.show(first.session_id).history
+    reference = svc.fork(first.session_id, title="reference")
+    # The model now speaks freely (nothing scripted): its greedy reply depends on every cached token.
+    events, second = turn(svc, steered, repo, [], session=first.session_id, max_tokens=12)
+    cache = next(e for e in events if isinstance(e, CacheStats))
+    assert cache.cache_bust is None and cache.cached_tokens == len(history)  # nothing recomputed
+    assert second.tokens["prompt"] > len(history) and second.steps == 1 and not second.is_error
+    _, recomputed = turn(svc, steered, repo, [], session=reference.id, max_tokens=12, no_cache=True)
+    assert recomputed.tokens["cached"] == 0 and recomputed.tokens["prompt"] == second.tokens["prompt"]
+    assert second.text == recomputed.text and second.text

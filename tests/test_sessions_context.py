@@ -83,3 +83,16 @@ def test_the_retrieval_budget_is_the_room_the_context_leaves(
     cache = next(e for e in events if isinstance(e, CacheStats))
     assert 0 < retrieval.budget < 1536 and retrieval.tokens <= retrieval.budget
     assert cache.prompt_tokens + 64 <= CONTEXT
+
+
+def test_an_agent_prompt_the_tool_schemas_overflow_names_the_context_and_their_cost(
+    svc: SessionService, model_dir: Path
+) -> None:
+    options = dict(model=str(model_dir), rag=False, max_tokens=8)
+    _, result = turn(svc, None, "What is in notes.txt?", allow_tools="read", **options)
+    assert result.is_error and result.exit_code == 1 and result.session_id is None
+    assert f"context of {CONTEXT} tokens" in result.error and "--allow-tools none" in result.error
+    schema_tokens = int(result.error.split("the tool schemas (")[1].split(" tokens")[0])
+    assert schema_tokens > CONTEXT and "without them it fits" in result.error
+    _, plain = turn(svc, None, "What is in notes.txt?", allow_tools="none", **options)
+    assert not plain.is_error and plain.tokens["prompt"] < CONTEXT

@@ -121,3 +121,14 @@ def test_a_cut_reply_is_closed_with_the_templates_end_of_turn_text(model_dir: Pa
     # Another system prompt than the history was made with: the history is not reused.
     changed = build_prompt(tok, "Be terse.", [user, cut, follow], False, history=history)
     assert changed == build_prompt(tok, "Be terse.", [user, cut, follow], thinking=False)
+
+
+def test_a_third_turn_still_extends_the_whole_history(svc: SessionService, model_dir: Path) -> None:
+    first = run(svc, None, PROMPT, model=str(model_dir), repo=str(model_dir), temperature=0.0,
+                max_tokens=60, rag=False)  # fmt: skip
+    run(svc, first.session_id, "And then?", max_tokens=12)
+    history = svc.show(first.session_id).history
+    turn = svc.start_turn(first.session_id, "And after that?", TurnOptions(max_tokens=8))
+    cache = next(e for e in turn if e.type == "cache")
+    assert cache.cache_bust is None and cache.cached_tokens == len(history)
+    assert not turn.wait().is_error

@@ -122,7 +122,7 @@ def add_turn_options(parser: argparse.ArgumentParser, suppress: bool = False) ->
         choices=("none", "read", "edit", "all"),
         default=default(None),
         help="offer the model tools; what runs without asking (read: search/read/list/grep; edit: + file "
-        "edits; all: + commands, secrets files); anything else is refused (default: none)",
+        "edits; all: + commands, secrets files); anything else is refused; none: no tools (default: read)",
     )
     agent.add_argument(
         "--max-turns", type=_positive_int, metavar="N", default=default(None),
@@ -169,7 +169,7 @@ class TurnRequest:
     model: str | None
     backend: str | None
     no_cache: bool
-    allow_tools: str = "none"
+    allow_tools: str = "read"
     max_turns: int = 8
     settings: dict[str, Any] = field(default_factory=dict)  # only what the user gave (sticky changes)
     sampling: dict[str, Any] = field(default_factory=dict)
@@ -244,7 +244,7 @@ def turn_request(args: argparse.Namespace) -> TurnRequest:
         model=model,
         backend=option(args, "backend"),
         no_cache=bool(option(args, "no_cache", False)),
-        allow_tools=option(args, "allow_tools") or "none",
+        allow_tools=option(args, "allow_tools") or "read",
         max_turns=option(args, "max_turns") or 8,
         settings=settings,
         sampling=sampling,

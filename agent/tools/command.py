@@ -101,15 +101,8 @@ def run_shell(command: str, ctx: ToolContext, timeout_s: float) -> dict[str, Any
 class RunCommand(Tool):
     name = "run_command"
     kind = Kind.COMMAND
-    description = (
-        "Run a shell command in the repository root (e.g. tests or a build) and return its exit code and "
-        "output (stdout and stderr together, truncated). No interactive input."
-    )
-    parameters = object_schema(
-        ["command"],
-        command={"type": "string", "description": "the command line, run with /bin/sh -c"},
-        timeout_s={"type": "integer", "description": "seconds before it is killed (default 60)"},
-    )
+    description = "Run a shell command in the repo root, no stdin; returns exit code and output."
+    parameters = object_schema(["command"], command={"type": "string"}, timeout_s={"type": "integer"})
 
     def prepare(self, arguments: Mapping[str, Any], ctx: ToolContext) -> Prepared:
         check_unknown(arguments, self.parameters["properties"])

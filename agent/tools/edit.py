@@ -99,15 +99,12 @@ def _change(ctx: ToolContext, tool: str, path: Path, before: str | None, after: 
 class EditFile(Tool):
     name = "edit_file"
     kind = Kind.EDIT
-    description = (
-        "Replace one exact piece of a file's text. `old_text` must occur exactly once in the file "
-        "(include enough surrounding lines to make it unique); `new_text` replaces it."
-    )
+    description = "Replace old_text, which must occur exactly once in the file, with new_text."
     parameters = object_schema(
         ["path", "old_text", "new_text"],
-        path={"type": "string", "description": "path relative to the repository root"},
-        old_text={"type": "string", "description": "the exact text to replace, whitespace included"},
-        new_text={"type": "string", "description": "the replacement"},
+        path={"type": "string"},
+        old_text={"type": "string"},
+        new_text={"type": "string"},
     )
 
     def prepare(self, arguments: Mapping[str, Any], ctx: ToolContext) -> Prepared:
@@ -129,12 +126,8 @@ class EditFile(Tool):
 class WriteFile(Tool):
     name = "write_file"
     kind = Kind.EDIT
-    description = "Create a file, or replace a whole file, with the given text."
-    parameters = object_schema(
-        ["path", "content"],
-        path={"type": "string", "description": "path relative to the repository root"},
-        content={"type": "string", "description": "the file's complete new text"},
-    )
+    description = "Create or overwrite a file with content."
+    parameters = object_schema(["path", "content"], path={"type": "string"}, content={"type": "string"})
 
     def prepare(self, arguments: Mapping[str, Any], ctx: ToolContext) -> Prepared:
         check_unknown(arguments, self.parameters["properties"])

@@ -43,15 +43,9 @@ def read_text(path: Path, max_bytes: int) -> tuple[str, bool]:
 
 class ReadFile(Tool):
     name = "read_file"
-    description = (
-        "Read a text file of the repository, with line numbers. Use start_line/end_line (1-based, "
-        "inclusive) for a range of a long file."
-    )
+    description = "Read a file with line numbers; start_line/end_line (1-based, inclusive) for a range."
     parameters = object_schema(
-        ["path"],
-        path={"type": "string", "description": "path relative to the repository root"},
-        start_line={"type": "integer", "description": "first line (1-based)"},
-        end_line={"type": "integer", "description": "last line (inclusive)"},
+        ["path"], path={"type": "string"}, start_line={"type": "integer"}, end_line={"type": "integer"}
     )
 
     def prepare(self, arguments: Mapping[str, Any], ctx: ToolContext) -> Prepared:
@@ -104,11 +98,8 @@ def _inside(ctx: ToolContext, rel: str) -> bool:
 
 class ListFiles(Tool):
     name = "list_files"
-    description = (
-        "List the repository's files (ignoring what .gitignore ignores). `pattern` is a glob: "
-        "'**/*.py', 'src/**', '*.md' (a pattern without '/' matches file names anywhere)."
-    )
-    parameters = object_schema([], pattern={"type": "string", "description": "glob (default: every file)"})
+    description = "List files, minus .gitignore'd ones. pattern: a glob such as '**/*.py' (default: all)."
+    parameters = object_schema([], pattern={"type": "string"})
 
     def prepare(self, arguments: Mapping[str, Any], ctx: ToolContext) -> Prepared:
         check_unknown(arguments, self.parameters["properties"])
@@ -129,15 +120,9 @@ class ListFiles(Tool):
 
 class Grep(Tool):
     name = "grep"
-    description = (
-        "Search the repository's files for a regular expression (Python syntax); prints path:line: text. "
-        "`pattern` narrows the files (glob)."
-    )
+    description = "Search files for a Python regex; prints path:line: text. pattern: a glob of files."
     parameters = object_schema(
-        ["regex"],
-        regex={"type": "string", "description": "regular expression"},
-        pattern={"type": "string", "description": "glob of files to search (default: all)"},
-        ignore_case={"type": "boolean"},
+        ["regex"], regex={"type": "string"}, pattern={"type": "string"}, ignore_case={"type": "boolean"}
     )
 
     def prepare(self, arguments: Mapping[str, Any], ctx: ToolContext) -> Prepared:

@@ -23,16 +23,13 @@ MODES = ("hybrid", "vector", "lexical")
 
 class SearchCode(Tool):
     name = "search_code"
-    description = (
-        "Search the repository's code index for chunks relevant to a query (meaning and identifiers). "
-        "Filters: path (a glob such as 'engine/**' or '*.py') and language (e.g. 'python')."
-    )
+    description = "Search the code index (by meaning and identifiers). path: a glob; k: hits (default 5)."
     parameters = object_schema(
         ["query"],
-        query={"type": "string", "description": "what to look for, in words or identifiers"},
-        path={"type": "string", "description": "glob of paths to search"},
-        language={"type": "string", "description": "language name, e.g. python"},
-        k={"type": "integer", "description": "number of results (default 5)"},
+        query={"type": "string"},
+        path={"type": "string"},
+        language={"type": "string"},
+        k={"type": "integer"},
     )
 
     def prepare(self, arguments: Mapping[str, Any], ctx: ToolContext) -> Prepared:
