@@ -192,6 +192,7 @@ class Backend:
             temperature=o.temperature,
             allow_tools=o.allow_tools,
             policy=policy,
+            ask_approval=policy is not None,  # changing calls come back as `approval` events
         )
 
     def fork(self, session_id: str, at: int | None) -> Session:

@@ -2,23 +2,20 @@
 
 Keys are ignored for the first IGNORE_S after the screen opens, so a keystroke meant for the prompt
 (typing "y..." just as the modal appears) does not approve anything (mistral-vibe does the same).
-`TuiApprover` is the agent.policy.Approver: it is called on the engine thread and waits for the modal.
+The screen answers a turn's `approval` event (sessions.events.ApprovalNeeded) through `Turn.answer`;
+the service waits for it off the engine thread, and a cancelled turn rejects it by itself.
 """
 
 from __future__ import annotations
 
-import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Static
-
-if TYPE_CHECKING:
-    from textual.app import App
 
 IGNORE_S = 0.5
 
@@ -52,27 +49,6 @@ class ApprovalScreen(ModalScreen[str]):
         self.dismiss(decision)
 
 
-class TuiApprover:
-    """Asks the user through ApprovalScreen; runs on the engine thread, blocking until they answer."""
-
-    def __init__(self, app: App[Any]) -> None:
-        self.app = app
-
-    def __call__(self, request: Any) -> Any:
-        from agent.policy import Decision
-
-        answered = threading.Event()
-        answer: list[str] = []
-        screen = ApprovalScreen(request)
-
-        def done(decision: str | None) -> None:
-            answer.append(decision or "reject")
-            answered.set()
-
-        self.app.call_from_thread(self.app.push_screen, screen, done)
-        while not answered.wait(0.1):
-            if request.cancel.is_set():  # Esc on the turn: close the question, refuse the call
-                self.app.call_from_thread(screen.dismiss, "reject")
-                answered.wait(2)
-                return Decision.REJECT
-        return Decision(answer[0])
+def ask(app: Any, turn: Any, event: Any) -> None:
+    """Open the screen for a turn's `approval` event; its answer (Esc: reject) goes back to the turn."""
+    app.push_screen(ApprovalScreen(event), lambda decision: turn.answer(event.call_id, decision or "reject"))

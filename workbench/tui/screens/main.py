@@ -17,6 +17,7 @@ from textual.containers import Horizontal, Vertical
 from textual.widgets import Footer, Static
 
 from workbench.tui.backend import IndexState
+from workbench.tui.screens.approval import ApprovalScreen, ask
 from workbench.tui.screens.modals import NoModelScreen, TextPromptScreen
 from workbench.tui.screens.sessions_base import SessionScreen
 from workbench.tui.widgets.chat import (
@@ -261,8 +262,12 @@ class MainScreen(SessionScreen):
                         bar.change(tok_s=tokens / elapsed)
             elif kind == "result":
                 await self._finish(reply, event)
+            elif kind == "approval":  # a changing tool call waits: the screen's answer goes to the turn
+                ask(self.app, turn, event)
             else:
                 self._progress(event)
+        if isinstance(self.app.screen, ApprovalScreen):  # the turn ended while it asked
+            self.app.screen.dismiss("reject")
         chat.to_bottom()
         chat.prune()
         if self.queue:
@@ -277,11 +282,10 @@ class MainScreen(SessionScreen):
         if level == "none":
             return None
         key = self.session_id or "new"
-        if key not in self.policies:
+        if key not in self.policies:  # (changing calls come as `approval` events: _ask)
             from agent.policy import Policy
-            from workbench.tui.screens.approval import TuiApprover
 
-            self.policies[key] = Policy(level, TuiApprover(self.app))
+            self.policies[key] = Policy(level)
         return self.policies[key]
 
     def _progress(self, event: Any) -> None:
