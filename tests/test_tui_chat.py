@@ -200,3 +200,37 @@ def test_sessions_are_listed_searched_renamed_forked_and_deleted(
             await wait_for(pilot, lambda: [s.id for s in service.list(str(repo))] == [fork.id])
 
     asyncio.run(scenario())
+
+
+def test_a_long_session_shows_its_last_messages_and_loads_earlier_ones_on_demand(
+    model_dir: Path, repo: Path, tmp_path: Path, redis_client: object
+) -> None:
+    from sessions import SessionService
+    from sessions.model import Message
+    from workbench.tui.widgets.chat import ChatMessage, ChatView, LoadEarlier
+
+    service = SessionService(redis_client)  # type: ignore[arg-type]
+    try:
+        session = service.create(repo=str(repo), model=str(model_dir), title="long")
+        for i in range(25):
+            service.store.append_message(session, Message(role="user", content=f"question {i}"))
+            service.store.append_message(session, Message(role="assistant", content=f"**answer** {i}"))
+    finally:
+        service.close()
+
+    async def scenario() -> None:
+        app = make_app(model_dir, repo, tmp_path / "data", rag=False, resume=session.id)
+        async with app.run_test(size=SIZE) as pilot:
+            screen = main_screen(app)
+            chat = screen.query_one(ChatView)
+            await wait_for(pilot, lambda: len(chat.query(ChatMessage)) == 20 and chat.query(LoadEarlier))
+            assert [m.number for m in chat.query(ChatMessage)] == list(range(31, 51))
+            bar = chat.query_one(LoadEarlier)
+            for _ in range(4):  # impatient presses: more than there is to load, before any has finished
+                bar.post_message(LoadEarlier.Pressed())
+            await wait_for(pilot, lambda: not chat.query(LoadEarlier))
+            await pilot.pause(0.2)
+            assert [m.number for m in chat.query(ChatMessage)] == list(range(1, 51))
+            assert app.is_running and screen.query(UserMessage).first().text == "question 0"
+
+    asyncio.run(scenario())
