@@ -23,6 +23,7 @@ from typing import Any
 
 import redis
 
+from core import keys
 from core.errors import WorkbenchError
 
 log = logging.getLogger("workbench.lease")
@@ -73,7 +74,7 @@ class Holder:
 
 
 def lease_key(session_id: str) -> str:
-    return f"wb:s:{session_id}:lease"
+    return f"{keys.SESSIONS}{session_id}:lease"  # beside the session's other keys (core.keys)
 
 
 def pid_alive(pid: int) -> bool:

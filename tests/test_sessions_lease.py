@@ -12,6 +12,9 @@ import redis
 
 from core.lease import LeaseKeeper, SessionBusy, lease_key
 
+# Each test here runs on one Redis and on a 3-master Redis Cluster (tests/conftest.py).
+pytestmark = pytest.mark.redis_cluster
+
 
 def test_heartbeat_keeps_the_lease_past_its_expiry_and_release_frees_it(redis_client: redis.Redis) -> None:
     mine = LeaseKeeper(redis_client, lease_ms=300)
