@@ -88,15 +88,17 @@ class Worker:
         if attempt > 1:  # a reader discards what it got from the earlier attempt
             self._emit(request.id, {"type": "requeued", "session_id": None, "attempt": attempt,
                                     "worker": self.name})  # fmt: skip
-        result = self._run_turn(entry_id, request)
+        result = self._run_turn(entry_id, request, rerun=attempt > 1)
         self._finish(entry_id, request.id, result)
 
-    def _run_turn(self, entry_id: bytes, request: Request) -> dict[str, Any]:
-        # A re-run continues the session the first attempt recorded, not a second new one.
+    def _run_turn(self, entry_id: bytes, request: Request, rerun: bool) -> dict[str, Any]:
+        # A re-run continues the session the first attempt recorded, not a second new one, and does not
+        # record the prompt again if that attempt did (TurnOptions.rerun).
         recorded = self.client.hget(protocol.run_key(request.id), "session")
         session = request.session or (recorded.decode() if recorded else None)
         try:
-            turn = self.service.start_turn(session, request.prompt, TurnOptions(**request.options))
+            options = TurnOptions(**request.options, rerun=rerun and session is not None)
+            turn = self.service.start_turn(session, request.prompt, options)
         except WorkbenchError as e:
             return _error_result(session, str(e), e.exit_code)
         except TypeError as e:  # a option of the wrong kind for TurnOptions

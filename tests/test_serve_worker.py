@@ -134,10 +134,13 @@ def test_a_killed_workers_request_is_finished_by_another_exactly_once(
         request = Request("long-one", "Tell a very long story.", None, options(model_dir, max_tokens=3000))
         protocol.submit(redis_client, request)
         seen: list[dict] = []
+        first_delta = None
         for event in protocol.replies(redis_client, request.id, timeout_s=60):
             seen.append(event)
             if event["type"] == "delta":
-                break
+                first_delta = first_delta or time.monotonic()
+                if time.monotonic() - first_delta > 1.2:  # past the first partial records of the reply
+                    break
         assert seen[-1]["type"] == "delta", seen
         first.send_signal(signal.SIGKILL)  # mid-reply: the request stays pending in w1's name
         first.wait(timeout=10)
@@ -154,6 +157,17 @@ def test_a_killed_workers_request_is_finished_by_another_exactly_once(
         assert results[0]["session_id"] == started["session_id"]
         assert events[-1] == results[0]
         assert redis_client.xlen(REQUESTS) == 0
+        # The session holds the prompt once, and the re-run's reply in the place of the interrupted one.
+        with SessionService(redis_client) as svc:
+            recorded = svc.show(started["session_id"])
+        assert [(m.role, m.status) for m in recorded.messages] == [
+            ("user", "complete"),
+            ("assistant", "complete"),
+        ]
+        assert (
+            recorded.messages[0].content == request.prompt
+            and recorded.messages[1].content == results[0]["text"]
+        )
     finally:
         for proc in (first, second):
             if proc is not None and proc.poll() is None:
