@@ -35,6 +35,7 @@ class Worker:
         claim_idle_ms: int = 30_000,
         block_ms: int = 1000,
         reply_ttl_s: int = 3600,
+        cancel_poll_s: float = 0.1,
     ) -> None:
         self.client = client
         self.service = service
@@ -42,6 +43,7 @@ class Worker:
         self.claim_idle_ms = claim_idle_ms
         self.block_ms = block_ms
         self.reply_ttl_s = reply_ttl_s
+        self.cancel_poll_s = cancel_poll_s
         self._ensure_group()
 
     def _ensure_group(self) -> None:
@@ -83,6 +85,9 @@ class Worker:
             log.info("request %s was answered already: acked, not run again", request.id)
             self._ack(entry_id)
             return
+        if self.client.exists(protocol.cancel_key(request.id)):  # cancelled while it waited in the queue
+            self._finish(entry_id, request.id, _cancelled_result(request.session))
+            return
         attempt = int(self.client.hincrby(protocol.run_key(request.id), "attempts", 1))
         self.client.hset(protocol.run_key(request.id), "worker", self.name)
         if attempt > 1:  # a reader discards what it got from the earlier attempt
@@ -103,18 +108,38 @@ class Worker:
             return _error_result(session, str(e), e.exit_code)
         except TypeError as e:  # a option of the wrong kind for TurnOptions
             return _error_result(session, f"request {request.id}: bad options ({e})", 2)
-        beat = time.monotonic()
-        for event in turn:
-            data = event.to_dict()
-            if data.get("type") == "result":
-                return data
-            if data.get("type") == "session" and data.get("created"):
-                self.client.hset(protocol.run_key(request.id), "session", data["session_id"])
-            self._emit(request.id, data)  # event types this worker does not know are forwarded as they are
-            if time.monotonic() - beat > self.claim_idle_ms / 3000:
-                beat = time.monotonic()
-                self._heartbeat(entry_id)
-        return _error_result(turn.session_id, "the turn ended without a result", 1)
+        ended = threading.Event()
+        watcher = threading.Thread(target=self._watch_cancel, args=(request.id, turn, ended), daemon=True)
+        watcher.start()
+        try:
+            beat = time.monotonic()
+            for event in turn:
+                data = event.to_dict()
+                if data.get("type") == "result":
+                    return data
+                if data.get("type") == "session" and data.get("created"):
+                    self.client.hset(protocol.run_key(request.id), "session", data["session_id"])
+                self._emit(request.id, data)  # event types this worker does not know are forwarded as is
+                if time.monotonic() - beat > self.claim_idle_ms / 3000:
+                    beat = time.monotonic()
+                    self._heartbeat(entry_id)
+            return _error_result(turn.session_id, "the turn ended without a result", 1)
+        finally:
+            ended.set()
+            watcher.join(timeout=5)
+
+    def _watch_cancel(self, request_id: str, turn: Any, ended: threading.Event) -> None:
+        """Poll the request's cancel key while its turn runs; on it, cancel the turn, which stops the
+        engine within its current step (queued, model load, retrieval, prefill chunk or decode step).
+        A thread of its own: a long prefill or model load sends no event the loop could check between."""
+        key = protocol.cancel_key(request_id)
+        while not ended.wait(self.cancel_poll_s):
+            try:
+                if self.client.exists(key):
+                    turn.cancel()
+                    return
+            except redis.RedisError as exc:  # Redis is briefly away: keep the turn, look again
+                log.warning("request %s: cancel key not readable (%s)", request_id, exc)
 
     def _heartbeat(self, entry_id: bytes) -> None:
         """Reset the entry's idle time, so a long turn of a live worker is never claimed by another."""
@@ -131,6 +156,7 @@ class Worker:
         pipe.expire(key, self.reply_ttl_s)
         pipe.set(protocol.done_key(request_id), json.dumps(result), ex=self.reply_ttl_s)
         pipe.delete(protocol.run_key(request_id))
+        pipe.delete(protocol.cancel_key(request_id))
         pipe.xack(REQUESTS, GROUP, entry_id)
         pipe.xdel(REQUESTS, entry_id)
         pipe.execute()
@@ -145,3 +171,8 @@ class Worker:
 def _error_result(session_id: str | None, message: str, exit_code: int) -> dict[str, Any]:
     return {"type": "result", "session_id": session_id, "text": "", "reasoning": "", "finish_reason": "error",
             "is_error": True, "error": message, "exit_code": exit_code}  # fmt: skip
+
+
+def _cancelled_result(session_id: str | None) -> dict[str, Any]:
+    return {"type": "result", "session_id": session_id, "text": "", "reasoning": "",
+            "finish_reason": "cancelled", "is_error": False, "error": None, "exit_code": 130}  # fmt: skip

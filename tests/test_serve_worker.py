@@ -125,6 +125,45 @@ def _serve(name: str) -> subprocess.Popen[bytes]:
     )  # fmt: skip
 
 
+def test_a_remote_cancel_stops_the_turn_on_the_worker(
+    worker: Worker, redis_client: redis.Redis, model_dir: Path
+) -> None:
+    turn = start_remote_turn(
+        redis_client, "Tell a very long story.", None, options(model_dir, max_tokens=3000)
+    )
+    events, cancelled_at = [], None
+    for event in turn:
+        events.append(event.to_dict())
+        if event.to_dict()["type"] == "delta" and cancelled_at is None:
+            cancelled_at = time.monotonic()
+            turn.cancel()
+    result = events[-1]
+    # The worker stopped generating (not just the caller reading): a cancelled result, soon, far short.
+    assert (
+        result["type"] == "result" and result["finish_reason"] == "cancelled" and result["exit_code"] == 130
+    )
+    assert time.monotonic() - cancelled_at < 3 and result["tokens"]["generated"] < 300
+    with SessionService(redis_client) as svc:
+        recorded = svc.show(result["session_id"]).messages
+    assert [m.status for m in recorded] == ["complete", "interrupted"]
+    assert not redis_client.exists(protocol.cancel_key(turn.request.id))
+    # The worker is free for the next request at once.
+    nxt = start_remote_turn(redis_client, "hello", None, options(model_dir))
+    assert [e.to_dict() for e in nxt][-1]["finish_reason"] in ("stop", "length")
+
+
+def test_a_request_cancelled_while_queued_is_answered_without_running(
+    redis_client: redis.Redis, model_dir: Path
+) -> None:
+    with SessionService(redis_client) as svc:
+        idle = Worker(redis_client, svc, name="idle", block_ms=100)
+        turn = start_remote_turn(redis_client, "never run", None, options(model_dir))
+        protocol.request_cancel(redis_client, turn.request.id)
+        assert idle.step()
+        assert svc.list() == []  # no session was created
+    assert [e.to_dict() for e in turn][-1]["finish_reason"] == "cancelled"
+
+
 def test_a_killed_workers_request_is_finished_by_another_exactly_once(
     redis_client: redis.Redis, model_dir: Path
 ) -> None:
