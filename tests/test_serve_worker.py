@@ -6,6 +6,7 @@ for the worker-kill case.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import subprocess
@@ -17,11 +18,14 @@ from pathlib import Path
 import pytest
 import redis
 
+from core.errors import UsageError
 from serve import protocol
 from serve.client import start_remote_turn
 from serve.protocol import GROUP, REQUESTS, Request, ServerBusy
+from serve.remote import RemoteSessionService
 from serve.worker import Worker
-from sessions import SessionService
+from sessions import SessionService, TurnOptions
+from sessions.events import ModelLoading, Queued, Result, SessionStarted, TextDelta
 from tests.headless_support import ROOT, chat_model_dir, command, env, workbench
 
 
@@ -162,6 +166,33 @@ def test_a_request_cancelled_while_queued_is_answered_without_running(
         assert idle.step()
         assert svc.list() == []  # no session was created
     assert [e.to_dict() for e in turn][-1]["finish_reason"] == "cancelled"
+
+
+def test_the_remote_session_service_runs_turns_on_the_workers(
+    worker: Worker, redis_client: redis.Redis, model_dir: Path
+) -> None:
+    remote = RemoteSessionService(redis_client)
+    ask = TurnOptions(**options(model_dir), allow_tools="read")  # tools are not sent: a plain turn
+    turn = remote.start_turn(None, "Where is the parser?", ask)
+    events = list(turn)
+    result = turn.result
+    assert isinstance(result, Result) and not result.is_error, result
+    assert isinstance(next(e for e in events if not isinstance(e, Queued | ModelLoading)), SessionStarted)
+    assert "".join(e.text for e in events if isinstance(e, TextDelta)) == result.text
+    sid = result.session_id
+    assert remote.list()[0].id == sid and remote.show(sid[:10]).message_count == 2
+    assert remote.open(sid).messages[-1].content == result.text and remote.warm(sid).result() is None
+    # The next turn resumes the session; read the way the TUI reads (async).
+    second = asyncio.run(remote.start_turn(sid, "And the tests?", TurnOptions(max_tokens=4)).wait_async())
+    assert second.session_id == sid and second.message == 4
+    story = remote.start_turn(sid, "Tell a very long story.", TurnOptions(max_tokens=3000))
+    for event in story:
+        if isinstance(event, TextDelta):
+            story.cancel()  # reaches the worker, which answers with a cancelled result
+    assert story.result.finish_reason == "cancelled" and story.result.tokens["generated"] < 300
+    with pytest.raises(UsageError, match="through the workers"):
+        remote.rename(sid, "elsewhere")
+    assert remote.close()
 
 
 def test_a_killed_workers_request_is_finished_by_another_exactly_once(
