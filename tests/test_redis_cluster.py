@@ -16,6 +16,9 @@ from core.lease import lease_key
 from indexer.index import Index, shared_encoder
 from kvstore.space import space_of
 from kvstore.tiers.redis import BLOCK_PREFIX, RedisTier
+from serve import protocol
+from serve.client import start_remote_turn
+from serve.worker import Worker
 from sessions import SessionService, TurnOptions
 from sessions.events import Result
 from sessions.model import Message
@@ -142,3 +145,18 @@ def test_a_master_restart_loses_no_session_and_its_blocks_are_misses(
     res, last, tokens, logits = resume_and_continue(model, store_with([RedisTier(cluster)]), ids)
     assert res.cached_tokens == lost[0] * BS
     assert_exact(model, ids, last, tokens, logits)
+
+
+def test_the_serve_protocol_runs_on_the_cluster(cluster: RedisCluster, model_dir: Path) -> None:
+    """The bounded submit script, the worker's end-of-request MULTI and the cancel key: all in `{wbq}`."""
+    with SessionService(cluster) as svc:
+        worker = Worker(cluster, svc, name="cluster-worker", block_ms=100)
+        ask = {**GREEDY, "model": str(model_dir)}
+        turn = start_remote_turn(cluster, "Where is the parser?", None, ask)
+        assert worker.step()
+        result = [e.to_dict() for e in turn][-1]
+        assert result["type"] == "result" and not result["is_error"], result
+        cancelled = start_remote_turn(cluster, "never run", None, ask)
+        protocol.request_cancel(cluster, cancelled.request.id)
+        assert worker.step() and [e.to_dict() for e in cancelled][-1]["finish_reason"] == "cancelled"
+    assert cluster.xlen(protocol.REQUESTS) == 0 and cluster.exists(protocol.done_key(turn.request.id))
