@@ -26,6 +26,7 @@ from serve.remote import RemoteSessionService
 from serve.worker import Worker
 from sessions import SessionService, TurnOptions
 from sessions.events import ModelLoading, Queued, Result, SessionStarted, TextDelta
+from sessions.model import Message
 from tests.headless_support import ROOT, chat_model_dir, command, env, workbench
 
 
@@ -193,6 +194,23 @@ def test_the_remote_session_service_runs_turns_on_the_workers(
     with pytest.raises(UsageError, match="through the workers"):
         remote.rename(sid, "elsewhere")
     assert remote.close()
+
+
+def test_a_rerun_answers_the_recorded_prompt_without_recording_it_again(
+    redis_client: redis.Redis, model_dir: Path
+) -> None:
+    with SessionService(redis_client) as svc:
+        first = svc.start_turn(None, "Where is the parser?", TurnOptions(**options(model_dir))).wait()
+        sid = first.session_id
+        # What a worker that died right after recording the prompt leaves: the prompt, unanswered.
+        svc.store.append_message(svc.store.load(sid), Message(role="user", content="And the tests?"))
+        rerun = svc.start_turn(sid, "And the tests?", TurnOptions(max_tokens=4, rerun=True)).wait()
+        assert not rerun.is_error and rerun.message == 4
+        # A rerun whose prompt is not the one recorded last is an ordinary turn.
+        other = svc.start_turn(sid, "Something else", TurnOptions(max_tokens=4, rerun=True)).wait()
+        assert other.message == 6
+        contents = [m.content for m in svc.show(sid).messages]
+    assert contents[2::2] == ["And the tests?", "Something else"] and len(contents) == 6
 
 
 def test_a_killed_workers_request_is_finished_by_another_exactly_once(
