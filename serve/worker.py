@@ -18,6 +18,7 @@ from typing import Any
 import redis
 
 from core.errors import WorkbenchError
+from core.lease import lease_key, pid_alive
 from serve import protocol
 from serve.protocol import GROUP, REQUESTS, Request
 from sessions.options import TurnOptions
@@ -101,6 +102,8 @@ class Worker:
         # record the prompt again if that attempt did (TurnOptions.rerun).
         recorded = self.client.hget(protocol.run_key(request.id), "session")
         session = request.session or (recorded.decode() if recorded else None)
+        if rerun and session is not None:
+            self._await_dead_lease(entry_id, session)
         try:
             options = TurnOptions(**request.options, rerun=rerun and session is not None)
             turn = self.service.start_turn(session, request.prompt, options)
@@ -140,6 +143,25 @@ class Worker:
                     return
             except redis.RedisError as exc:  # Redis is briefly away: keep the turn, look again
                 log.warning("request %s: cancel key not readable (%s)", request_id, exc)
+
+    def _await_dead_lease(self, entry_id: bytes, session: str) -> None:
+        """A re-run's session may still be leased by the dead worker: on this host the lease is taken
+        over at once (its pid is gone), from another host it lasts until its TTL runs out, so wait for
+        that (at most one TTL, heartbeating the request) instead of answering "session in use"."""
+        try:
+            key = lease_key(self.service.resolve(session))
+            raw, ttl_ms = self.client.get(key), self.client.pttl(key)
+        except WorkbenchError:
+            return  # the turn reports what is wrong with the session
+        if raw is None or ttl_ms <= 0:
+            return
+        holder = json.loads(raw)
+        if holder.get("host") == socket.gethostname() and not pid_alive(int(holder.get("pid") or 0)):
+            return
+        deadline = time.monotonic() + ttl_ms / 1000 + 0.5
+        while self.client.exists(key) and time.monotonic() < deadline:
+            time.sleep(0.2)
+            self._heartbeat(entry_id)
 
     def _heartbeat(self, entry_id: bytes) -> None:
         """Reset the entry's idle time, so a long turn of a live worker is never claimed by another."""

@@ -19,6 +19,7 @@ import pytest
 import redis
 
 from core.errors import UsageError
+from core.lease import lease_key
 from serve import protocol
 from serve.client import start_remote_turn
 from serve.protocol import GROUP, REQUESTS, Request, ServerBusy
@@ -211,6 +212,30 @@ def test_a_rerun_answers_the_recorded_prompt_without_recording_it_again(
         assert other.message == 6
         contents = [m.content for m in svc.show(sid).messages]
     assert contents[2::2] == ["And the tests?", "Something else"] and len(contents) == 6
+
+
+def test_a_rerun_waits_out_the_lease_a_dead_worker_on_another_host_left(
+    redis_client: redis.Redis, model_dir: Path
+) -> None:
+    with SessionService(redis_client) as svc:
+        sid = (
+            svc.start_turn(None, "Where is the parser?", TurnOptions(**options(model_dir))).wait().session_id
+        )
+        svc.close_session(sid)
+        # The state a worker on another host leaves when it dies mid-request: its attempt counted, its
+        # lease on the session running out (1.5 s here; 15 s in life).
+        request = Request("from-elsewhere", "And the tests?", sid, {"max_tokens": 4})
+        protocol.submit(redis_client, request)
+        redis_client.hset(protocol.run_key(request.id), "attempts", 1)
+        holder = {"pid": 1, "host": "another-host", "token": "t", "since": time.time(), "ttl_s": 1.5}
+        redis_client.set(lease_key(sid), json.dumps(holder), px=1500)
+        worker = Worker(redis_client, svc, name="here", block_ms=100)
+        t0 = time.monotonic()
+        assert worker.step()
+        result = reply_events(redis_client, request.id)[-1]
+        assert not result["is_error"] and result["message"] == 4, result  # not "session in use"
+        assert time.monotonic() - t0 > 1.0  # it waited for the lease to run out
+        assert [m.content for m in svc.show(sid).messages][2] == "And the tests?"
 
 
 def test_a_killed_workers_request_is_finished_by_another_exactly_once(
