@@ -13,6 +13,7 @@ import os
 import socket
 import threading
 import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any
 
 import redis
@@ -37,7 +38,10 @@ class Worker:
         block_ms: int = 1000,
         reply_ttl_s: int = 3600,
         cancel_poll_s: float = 0.1,
+        concurrency: int = 4,
     ) -> None:
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be >= 1, got {concurrency}")
         self.client = client
         self.service = service
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
@@ -45,6 +49,7 @@ class Worker:
         self.block_ms = block_ms
         self.reply_ttl_s = reply_ttl_s
         self.cancel_poll_s = cancel_poll_s
+        self.concurrency = concurrency
         self._ensure_group()
 
     def _ensure_group(self) -> None:
@@ -55,25 +60,43 @@ class Worker:
                 raise
 
     def run(self, stop: threading.Event | None = None, max_requests: int | None = None) -> int:
-        """Serve until `stop` is set (or `max_requests` were handled); returns how many were handled."""
-        handled = 0
-        while not (stop and stop.is_set()) and (max_requests is None or handled < max_requests):
-            if self.step():
-                handled += 1
-        return handled
+        """Serve until `stop` is set (or `max_requests` were taken); returns how many were handled.
+
+        Up to `concurrency` requests at once: their turns queue on the service's one engine thread, so
+        what overlaps is the rest (reading the request, opening the session, sending events)."""
+        taken = 0
+        inflight: set[Future] = set()
+        with ThreadPoolExecutor(self.concurrency, thread_name_prefix="serve-request") as pool:
+            while not (stop and stop.is_set()) and (max_requests is None or taken < max_requests):
+                inflight = {f for f in inflight if not f.done()}
+                room = self.concurrency - len(inflight)
+                if max_requests is not None:
+                    room = min(room, max_requests - taken)
+                if room <= 0:
+                    wait(inflight, timeout=self.block_ms / 1000, return_when=FIRST_COMPLETED)
+                    continue
+                for entry_id, fields in self._take(room):
+                    inflight.add(pool.submit(self.handle, entry_id, fields))
+                    taken += 1
+        return taken
 
     def step(self) -> bool:
-        """Handle at most one request: first one a dead worker left pending, else a new one."""
-        _, claimed, *_ = self.client.xautoclaim(
-            REQUESTS, GROUP, self.name, min_idle_time=self.claim_idle_ms, start_id="0-0", count=1
-        )
-        entries = [e for e in claimed if e and e[1]]  # a deleted entry comes back without fields
-        if not entries:
-            got = self.client.xreadgroup(GROUP, self.name, {REQUESTS: ">"}, count=1, block=self.block_ms)
-            entries = got[0][1] if got else []
+        """Handle at most one request, on this thread: first one a dead worker left pending, else a new."""
+        entries = self._take(1)
         for entry_id, fields in entries:
             self.handle(entry_id, fields)
         return bool(entries)
+
+    def _take(self, count: int) -> list[tuple[bytes, dict[bytes, bytes]]]:
+        """Up to `count` requests: those a dead worker left pending (XAUTOCLAIM) first, then new ones."""
+        _, claimed, *_ = self.client.xautoclaim(
+            REQUESTS, GROUP, self.name, min_idle_time=self.claim_idle_ms, start_id="0-0", count=count
+        )
+        entries = [e for e in claimed if e and e[1]]  # a deleted entry comes back without fields
+        if not entries:
+            got = self.client.xreadgroup(GROUP, self.name, {REQUESTS: ">"}, count=count, block=self.block_ms)
+            entries = got[0][1] if got else []
+        return entries
 
     def handle(self, entry_id: bytes, fields: dict[bytes, bytes]) -> None:
         try:
@@ -112,10 +135,9 @@ class Worker:
         except TypeError as e:  # a option of the wrong kind for TurnOptions
             return _error_result(session, f"request {request.id}: bad options ({e})", 2)
         ended = threading.Event()
-        watcher = threading.Thread(target=self._watch_cancel, args=(request.id, turn, ended), daemon=True)
+        watcher = threading.Thread(target=self._watch, args=(entry_id, request.id, turn, ended), daemon=True)
         watcher.start()
         try:
-            beat = time.monotonic()
             for event in turn:
                 data = event.to_dict()
                 if data.get("type") == "result":
@@ -123,26 +145,27 @@ class Worker:
                 if data.get("type") == "session" and data.get("created"):
                     self.client.hset(protocol.run_key(request.id), "session", data["session_id"])
                 self._emit(request.id, data)  # event types this worker does not know are forwarded as is
-                if time.monotonic() - beat > self.claim_idle_ms / 3000:
-                    beat = time.monotonic()
-                    self._heartbeat(entry_id)
             return _error_result(turn.session_id, "the turn ended without a result", 1)
         finally:
             ended.set()
             watcher.join(timeout=5)
 
-    def _watch_cancel(self, request_id: str, turn: Any, ended: threading.Event) -> None:
-        """Poll the request's cancel key while its turn runs; on it, cancel the turn, which stops the
-        engine within its current step (queued, model load, retrieval, prefill chunk or decode step).
-        A thread of its own: a long prefill or model load sends no event the loop could check between."""
+    def _watch(self, entry_id: bytes, request_id: str, turn: Any, ended: threading.Event) -> None:
+        """While the turn runs: poll the request's cancel key (on it, cancel the turn, which stops the
+        engine within its current step: queued, model load, retrieval, prefill chunk or decode step) and
+        heartbeat the request every third of the claim timeout. A thread of its own, on the clock: a turn
+        queued behind others, a long prefill or a model load sends no event a loop could act on."""
         key = protocol.cancel_key(request_id)
+        beat = time.monotonic()
         while not ended.wait(self.cancel_poll_s):
             try:
-                if self.client.exists(key):
+                if time.monotonic() - beat > self.claim_idle_ms / 3000:
+                    beat = time.monotonic()
+                    self._heartbeat(entry_id)
+                if not turn.cancelled and self.client.exists(key):
                     turn.cancel()
-                    return
             except redis.RedisError as exc:  # Redis is briefly away: keep the turn, look again
-                log.warning("request %s: cancel key not readable (%s)", request_id, exc)
+                log.warning("request %s: cancel key or heartbeat failed (%s)", request_id, exc)
 
     def _await_dead_lease(self, entry_id: bytes, session: str) -> None:
         """A re-run's session may still be leased by the dead worker: on this host the lease is taken

@@ -85,6 +85,37 @@ def test_a_request_is_answered_with_the_stream_json_events_and_acked(
     assert second["session_id"] == result["session_id"] and second["message"] == 4
 
 
+def test_a_worker_runs_requests_side_by_side_and_keeps_waiting_ones_its_own(
+    redis_client: redis.Redis, model_dir: Path
+) -> None:
+    svc = SessionService(redis_client)
+    busy = Worker(redis_client, svc, name="busy", claim_idle_ms=600, block_ms=100, concurrency=2)
+    stop = threading.Event()
+    thread = threading.Thread(target=busy.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        story = start_remote_turn(
+            redis_client, "Tell a very long story.", None, options(model_dir, max_tokens=400)
+        )
+        hello = start_remote_turn(redis_client, "hello", None, options(model_dir))
+        stolen = []
+        deadline = time.monotonic() + 60
+        while not redis_client.exists(protocol.done_key(hello.request.id)) and time.monotonic() < deadline:
+            # Another worker looking for requests idle past the claim timeout: "hello" waits behind the
+            # story on the engine, sending no event, and must still not look abandoned (heartbeats).
+            stolen += redis_client.xautoclaim(REQUESTS, GROUP, "thief", min_idle_time=600, count=10)[1]
+            time.sleep(0.1)
+        assert stolen == []
+        first_of_hello = redis_client.xrange(protocol.reply_key(hello.request.id), count=1)[0][0]
+        story_result = redis_client.xrevrange(protocol.reply_key(story.request.id), count=1)[0][0]
+        assert first_of_hello < story_result  # taken while the story still ran
+        assert [e.to_dict() for e in hello][-1]["finish_reason"] in ("stop", "length")
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+        svc.close()
+
+
 def test_a_request_delivered_twice_is_answered_once(
     redis_client: redis.Redis, worker: Worker, model_dir: Path
 ) -> None:
