@@ -40,7 +40,7 @@ CANCEL_WAIT_S = 10.0
 _EVENT_TYPES: dict[str, type[ev.Event]] = {
     cls.type: cls
     for cls in (ev.Queued, ev.ModelLoading, ev.SessionStarted, ev.IndexProgress, ev.Retrieval, ev.CacheStats,
-                ev.Prefill, ev.TextDelta, ev.ToolCall, ev.ToolResult, ev.Result)
+                ev.Prefill, ev.TextDelta, ev.ToolCall, ev.ToolResult, ev.ApprovalNeeded, ev.Result)
 }  # fmt: skip
 
 
