@@ -169,3 +169,5 @@ def test_the_cli_refuses_a_public_bind_without_a_key_and_a_bad_bind() -> None:
     assert public.code == 2 and "not a loopback address: give --api-key" in public.stderr
     bad = workbench("serve", "--http", "localhost")
     assert bad.code == 2 and "--http wants HOST:PORT" in bad.stderr
+    none = workbench("serve", "--concurrency", "0")
+    assert none.code == 2 and "--concurrency must be >= 1, got 0" in none.stderr
