@@ -19,10 +19,12 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import redis
 
+from core import keys
 from core.errors import WorkbenchError
 
 log = logging.getLogger("workbench.lease")
@@ -73,10 +75,12 @@ class Holder:
 
 
 def lease_key(session_id: str) -> str:
-    return f"wb:s:{session_id}:lease"
+    return f"{keys.SESSIONS}{session_id}:lease"  # beside the session's other keys (core.keys)
 
 
 def pid_alive(pid: int) -> bool:
+    """Whether process `pid` runs. A zombie (killed, not yet reaped by its parent) is dead: a SIGKILLed
+    worker whose parent has not waited for it yet must not keep its leases for their whole TTL."""
     if pid <= 0:
         return False
     try:
@@ -85,7 +89,15 @@ def pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    return not _zombie(pid)
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:  # no /proc (macOS) or gone meanwhile: os.kill said it exists
+        return False
+    return stat.rpartition(")")[2].split()[:1] == ["Z"]  # the state follows the parenthesised name
 
 
 class Lease:

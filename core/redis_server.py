@@ -4,6 +4,11 @@ With `REDIS_URL` set, Workbench uses that server and never starts one. Otherwise
 `redis-server` on a unix socket in the data dir: started by the first workbench process that needs
 it, reused by every later one, restarted if it died, and left running (`workbench redis stop` ends
 it). Only KV blocks carry a TTL, so `volatile-lru` under `maxmemory` can evict nothing but cache.
+
+`REDIS_URL` may name a Redis Cluster: `redis+cluster://host:port` (`rediss+cluster://` with TLS), or a
+plain `redis://` URL of any node of a server in cluster mode (detected with INFO cluster). `connect()` then
+returns a redis-py `RedisCluster`; every caller uses it through the commands both clients share, and every
+multi-key operation keeps to one slot (the hash tags in docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import redis
 from redis.backoff import NoBackoff
+from redis.cluster import RedisCluster
+from redis.exceptions import RedisClusterException
 from redis.retry import Retry
 
 from core.errors import RedisUnavailable
@@ -30,7 +37,10 @@ from core.paths import cache_dir, data_dir
 
 MIN_MAJOR = 8
 DEFAULT_MAXMEMORY = "2gb"
-_clients: dict[tuple[int, str], redis.Redis] = {}
+CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
+# What connect() returns: the commands Workbench uses behave alike on both.
+Client = redis.Redis | RedisCluster
+_clients: dict[tuple[int, str], Client] = {}
 
 
 @dataclass(frozen=True)
@@ -109,7 +119,7 @@ def find_server_binary() -> str:
     )
 
 
-def connect() -> redis.Redis:
+def connect() -> Client:
     """A client (bytes responses) for REDIS_URL, or for the embedded server, started if needed."""
     url = os.environ.get("REDIS_URL") or ""
     key = (os.getpid(), url or "embedded")
@@ -128,18 +138,48 @@ def reset_clients() -> None:
     _clients.clear()
 
 
-def _connect_url(url: str) -> redis.Redis:
+def _connect_url(url: str) -> Client:
+    scheme = urlsplit(url).scheme
+    if scheme in CLUSTER_SCHEMES:
+        return _connect_cluster(CLUSTER_SCHEMES[scheme] + url[len(scheme) :], url)
     try:
         client = redis.Redis.from_url(url, socket_connect_timeout=5, health_check_interval=30)
         probe = redis.Redis.from_url(url, socket_connect_timeout=5, retry=Retry(NoBackoff(), 0))
     except ValueError as exc:
         raise RedisUnavailable(f"REDIS_URL {redacted(url)} is not a Redis URL ({exc})") from None
+    if _cluster_enabled(probe):  # a node of a cluster named by a plain URL: a plain client gets MOVED
+        probe.close()
+        client.close()
+        return _connect_cluster(url, url)
     _check(probe, redacted(url))  # fail fast, without the client's retries
     probe.close()
     return client
 
 
-def _check(client: redis.Redis, label: str) -> ServerInfo:
+def _cluster_enabled(client: redis.Redis) -> bool:
+    """Whether the server is a cluster node; a server that cannot answer is left to _check to explain."""
+    try:
+        return str(client.info("cluster").get("cluster_enabled", 0)) == "1"
+    except (redis.RedisError, OSError):  # unreachable, needs a password, or a proxy hiding INFO cluster
+        return False
+
+
+def _connect_cluster(url: str, label_url: str) -> RedisCluster:
+    """A RedisCluster client for `url` (a plain redis:// URL of one node): it learns the other nodes."""
+    label = redacted(label_url)
+    if url.startswith("unix:") or urlsplit(url).hostname is None:
+        raise RedisUnavailable(f"REDIS_URL {label}: a Redis Cluster is reached over TCP (host:port)")
+    try:
+        client = RedisCluster.from_url(url, socket_connect_timeout=5)
+    except ValueError as exc:
+        raise RedisUnavailable(f"REDIS_URL {label} is not a Redis URL ({exc})") from None
+    except (redis.RedisError, RedisClusterException, OSError) as exc:
+        raise RedisUnavailable(f"cannot reach the Redis Cluster at {label} ({exc})") from None
+    _check(client, label)
+    return client
+
+
+def _check(client: Client, label: str) -> ServerInfo:
     """Ping, and insist on Redis >= 8 with Vector Sets; every failure is one actionable line."""
     try:
         client.ping()
@@ -168,7 +208,7 @@ def _check(client: redis.Redis, label: str) -> ServerInfo:
     return ServerInfo(label, str(version), has_vsets, embedded=False)
 
 
-def _has_vector_sets(client: redis.Redis) -> bool:
+def _has_vector_sets(client: Client) -> bool:
     """VCARD of a missing key answers 0 where Vector Sets exist, 'unknown command' elsewhere."""
     try:
         client.execute_command("VCARD", "wb:probe:vector-sets")
@@ -179,7 +219,7 @@ def _has_vector_sets(client: redis.Redis) -> bool:
     return True
 
 
-def server_info(client: redis.Redis | None = None) -> ServerInfo:
+def server_info(client: Client | None = None) -> ServerInfo:
     """What we are connected to: for `workbench doctor`."""
     url = os.environ.get("REDIS_URL") or ""
     client = client or connect()

@@ -1,4 +1,7 @@
-"""The Redis layout of one index (`wb:ix:<index-id>:*`) and the writes that keep it consistent.
+"""The Redis layout of one index (`wb:ix:{<index-id>}:*`) and the writes that keep it consistent.
+
+The braces are a hash tag: in a Redis Cluster all of an index's keys share one slot (core.keys), so the
+MULTI of one file's update may touch them all.
 
 | key | type | holds |
 | --- | --- | --- |
@@ -29,6 +32,7 @@ from typing import Any
 import numpy as np
 from redis.commands.vectorset.commands import QuantizationOptions
 
+from core import keys
 from core.lease import Lease
 from indexer.chunk import Chunk
 from indexer.lexical import LexicalIndex
@@ -81,7 +85,7 @@ class IndexStore:
     def __init__(self, redis: Any, ix_id: str) -> None:
         self.r = redis
         self.id = ix_id
-        self.prefix = f"wb:ix:{ix_id}:"
+        self.prefix = keys.index_prefix(ix_id)
         self.vset = self.prefix + "vset"
         self.files_key = self.prefix + "files"
         self.chunks_key = self.prefix + "chunks"

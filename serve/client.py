@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -26,26 +26,35 @@ class RemoteEvent:
 class RemoteTurn:
     """What `SessionService.start_turn` returns, for a turn run by a `workbench serve` worker.
 
-    `cancel()` stops waiting (the worker still finishes the turn and records it)."""
+    `cancel()` reaches the worker (protocol.request_cancel): it stops the turn within an engine step and
+    answers with a cancelled result, which iterating still yields (as a local Turn's), waiting at most
+    `cancel_wait_s` for it (no worker alive: the iteration just ends)."""
+
+    cancel_wait_s = 10.0
 
     def __init__(self, client: redis.Redis, request: Request, timeout_s: float = 600.0) -> None:
         self.client, self.request, self.timeout_s = client, request, timeout_s
         self.session_id: str | None = request.session
         self.result: dict[str, Any] | None = None
         self.interrupted = False
-        self._cancelled = threading.Event()
+        self._cancelled_at: float | None = None
 
     def __iter__(self) -> Iterator[RemoteEvent]:
-        for event in protocol.replies(self.client, self.request.id, self.timeout_s):
-            if self._cancelled.is_set():
-                return
+        for event in protocol.replies(self.client, self.request.id, self.timeout_s, self._give_up):
             self.session_id = event.get("session_id") or self.session_id
             if event.get("type") == "result":
                 self.result = event
             yield RemoteEvent(event)
 
+    def _give_up(self) -> bool:
+        """Stop waiting: only once cancelled and no answer came for cancel_wait_s."""
+        when = self._cancelled_at
+        return when is not None and time.monotonic() - when > self.cancel_wait_s
+
     def cancel(self) -> None:
-        self._cancelled.set()
+        if self._cancelled_at is None:
+            self._cancelled_at = time.monotonic()
+            protocol.request_cancel(self.client, self.request.id)
 
     def wait(self, timeout: float | None = None) -> dict[str, Any] | None:
         return self.result

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from serve.pins import DEFAULT_KEEP, RecentPins
 from sessions.engine_thread import EngineThread, Job
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,13 @@ class Finished:
 class Completer:
     """Serves `models` (names as clients give them: a hub id or a directory)."""
 
-    def __init__(self, models: list[str], backend: str | None = None, blocks: Any = "open") -> None:
+    def __init__(
+        self,
+        models: list[str],
+        backend: str | None = None,
+        blocks: Any = "open",
+        pin_recent: int = DEFAULT_KEEP,
+    ) -> None:
         if not models:
             raise ValueError("Completer needs at least one model to serve")
         self.models = list(models)
@@ -48,6 +55,8 @@ class Completer:
         self._engine = EngineThread()
         self._blocks = blocks  # "open": the Workbench block store, opened on the engine thread
         self._blocks_failed = False
+        self._pin_recent = pin_recent
+        self.pins: RecentPins | None = None  # the blocks of the latest conversations (serve/pins.py)
 
     def submit(self, job: CompletionJob) -> None:
         def dropped() -> None:
@@ -88,6 +97,8 @@ class Completer:
             except Exception as exc:  # serving without KV reuse beats not serving
                 log.warning("KV block store unavailable, no prefix reuse: %s", exc)
                 self._blocks, self._blocks_failed = None, True
+        if self._blocks not in (None, "open") and self.pins is None:
+            self.pins = RecentPins(self._blocks, self._pin_recent)
         return None if self._blocks == "open" else self._blocks
 
     def _run(self, job: CompletionJob) -> None:
@@ -124,7 +135,10 @@ class Completer:
                 job.emit(ev)
         assert result is not None  # generate always ends with its GenerationResult
         if blocks is not None and result.finish_reason != "cancelled":
-            blocks.save(space_of(model), cache, (ids + result.token_ids)[: cache.offset])
+            history = (ids + result.token_ids)[: cache.offset]
+            blocks.save(space_of(model), cache, history)
+            if self.pins is not None:
+                self.pins.pin(space_of(model), history, len(ids))
         return Finished(
             text=result.text,
             finish_reason="length" if result.finish_reason == "length" else "stop",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,6 +52,16 @@ def done_key(request_id: str) -> str:
 
 def run_key(request_id: str) -> str:
     return f"wb:srv:{{wbq}}:run:{request_id}"
+
+
+def cancel_key(request_id: str) -> str:
+    return f"wb:srv:{{wbq}}:cancel:{request_id}"
+
+
+def request_cancel(client: redis.Redis, request_id: str, ttl_s: int = 3600) -> None:
+    """Ask whichever worker runs (or will pick up) `request_id` to stop it: it answers with a cancelled
+    result, the reply so far recorded as interrupted. The key outlives a queue wait; the worker drops it."""
+    client.set(cancel_key(request_id), "1", ex=ttl_s)
 
 
 @dataclass
@@ -104,13 +114,17 @@ def new_request_id() -> str:
     return uuid.uuid4().hex
 
 
-def replies(client: redis.Redis, request_id: str, timeout_s: float = 600.0) -> Iterator[dict[str, Any]]:
+def replies(
+    client: redis.Redis, request_id: str, timeout_s: float = 600.0, give_up: Callable[[], bool] | None = None
+) -> Iterator[dict[str, Any]]:
     """The events of one request as they arrive, ending with its `result` (TimeoutError past `timeout_s`
-    without any event)."""
+    without any event; just the end when `give_up()` says so between reads)."""
     key, last = reply_key(request_id), "0-0"
     deadline = time.monotonic() + timeout_s
     while True:
-        got = client.xread({key: last}, count=64, block=1000)
+        if give_up is not None and give_up():
+            return
+        got = client.xread({key: last}, count=64, block=200 if give_up is not None else 1000)
         if not got:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"no reply on {key} for {timeout_s:.0f} s: is `workbench serve` running?")

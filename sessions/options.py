@@ -35,6 +35,10 @@ class TurnOptions:
     # Ask the caller about calls the level does not allow: an `approval` event, answered with
     # Turn.answer(call_id, "approve" | "reject" | "always"); False: they are refused (headless).
     ask_approval: bool = False
+    # Re-answer the prompt an earlier attempt of this turn recorded (serve's re-run after its worker died):
+    # when the session ends with this prompt (and at most the dead attempt's interrupted reply), it is not
+    # recorded a second time and the reply takes the interrupted one's place.
+    rerun: bool = False
 
     def __post_init__(self) -> None:
         if self.allow_tools not in ("none", "read", "edit", "all"):

@@ -56,8 +56,13 @@ def record_start(state: TurnState) -> None:
     state.kv_reuse = same_blocks and not job.options.no_cache
     job.turn.emit(session_event(state))
     job.turn.emit(retrieval_event(state))
-    job.store.seal_open_reply(s)
-    job.store.append_message(s, state.user)
+    if state.rerun_at is not None:  # the prompt is in the log already: record only the reply
+        # At the interrupted reply's index, so that on replay the new reply replaces its partial records.
+        del s.messages[state.rerun_at + 1 :]
+        s.open_reply = None
+    else:
+        job.store.seal_open_reply(s)
+        job.store.append_message(s, state.user)
     state.reply_index = len(s.messages)
 
 

@@ -76,6 +76,7 @@ class TurnState:
     settings: Settings | None = None
     user: Message | None = None
     retrieved: Retrieved = field(default_factory=Retrieved)
+    rerun_at: int | None = None  # a re-run: the index of the user message already recorded for it
     fitted: Fitted | None = None
     rag_budget: int = 0  # retrieved tokens allowed: the session's budget or the room the context leaves
     kv_reuse: bool = True
@@ -223,10 +224,12 @@ def prepare(state: TurnState) -> None:
     history = s.history if s.history_fingerprint == model.fingerprint else None
     max_tokens = settings.sampling.max_tokens
     tools = _tools(job.options)
+    state.rerun_at = recorded_prompt(s, job.prompt) if job.options.rerun else None
+    earlier = s.messages if state.rerun_at is None else s.messages[: state.rerun_at]
 
     def fit(chunk_ids: Callable[[dict[str, Any]], list[int]]) -> Fitted:
         try:
-            return fit_prompt(tok, settings.system_prompt, [*s.messages, user], settings.thinking, chunk_ids,
+            return fit_prompt(tok, settings.system_prompt, [*earlier, user], settings.thinking, chunk_ids,
                               history, model.context_length, max_tokens, state.name, tools)  # fmt: skip
         except PromptTooLong as exc:
             raise TurnFailed(f"session {s.id}: {exc}", 1) from None
@@ -252,6 +255,16 @@ def prepare(state: TurnState) -> None:
             state.fitted = fit(lambda c: retrieved.chunk_ids(c) or tok.encode(c["text"]))
     else:
         state.retrieved = Retrieved(skipped="RAG is off for this session")
+
+
+def recorded_prompt(s: Session, prompt: str) -> int | None:
+    """Index of the user message `prompt` when the session ends with it, unanswered or with only an
+    interrupted reply rebuilt from partial records (what a turn whose process died leaves); else None."""
+    open_tail = 2 if s.open_reply is not None and s.open_reply == len(s.messages) - 1 else 1
+    at = len(s.messages) - open_tail
+    if at >= 0 and s.messages[at].role == "user" and s.messages[at].content == prompt:
+        return at
+    return None
 
 
 def retrieval_event(state: TurnState) -> Retrieval:

@@ -1,6 +1,7 @@
 """Full-text search over sessions: an inverted index in Redis, kept up to date per message, BM25.
 
-A document is a session: its title (weighted) and every message. Keys (all under wb:s:fts:):
+A document is a session: its title (weighted) and every message. Keys (all under wb:{s}:fts:, in the
+session catalogue's slot, core.keys):
   t:<term>   zset  session id -> term frequency in that session (title occurrences weighted)
   d:<id>     set   the terms a session contributed (to remove them on delete)
   len        hash  session id -> document length in terms
@@ -15,9 +16,9 @@ from dataclasses import dataclass
 
 import redis
 
-from core import bm25
+from core import bm25, keys
 
-PREFIX = "wb:s:fts:"
+PREFIX = keys.SESSIONS + "fts:"
 LEN_KEY = PREFIX + "len"
 TOTAL_KEY = PREFIX + "total"
 TITLE_WEIGHT = 3
@@ -43,7 +44,8 @@ def doc_key(session_id: str) -> str:
 
 # Index updates run as Lua on the server: one command per text (or per session, on a rebuild) instead
 # of one per term, with the term/count pairs packed into one string ("term count term count ...";
-# terms never hold spaces) so the client does not pay per argument either. ARGV: session id, key
+# terms never hold spaces) so the client does not pay per argument either. KEYS[1]: the `len` hash (it
+# names the slot: every key the script builds from the prefix is in it). ARGV: session id, key
 # prefix, the length change, the packed pairs. A negative change removes text (a renamed title),
 # dropping a term whose frequency reaches zero.
 _ADD = """
@@ -83,7 +85,8 @@ def add_counts(pipe: redis.client.Pipeline, session_id: str, tf: Counter, length
     """Queue adding term frequencies `tf` (weights applied) and `length` terms to a session."""
     if tf:
         packed = " ".join(f"{term} {count}" for term, count in tf.items())
-        pipe.eval(_ADD, 0, session_id, PREFIX, length, packed)
+        # EVAL through execute_command: redis-py's cluster pipeline has no eval()
+        pipe.execute_command("EVAL", _ADD, 1, LEN_KEY, session_id, PREFIX, length, packed)
 
 
 def add_text(pipe: redis.client.Pipeline, session_id: str, text: str, weight: int = 1) -> None:
@@ -112,7 +115,7 @@ def session_counts(title: str, texts: list[str]) -> tuple[Counter, int]:
 
 def remove_session(pipe: redis.client.Pipeline | redis.Redis, session_id: str) -> None:
     """Queue dropping a session from the index entirely."""
-    pipe.eval(_REMOVE, 0, session_id, PREFIX)
+    pipe.execute_command("EVAL", _REMOVE, 1, LEN_KEY, session_id, PREFIX)
 
 
 @dataclass

@@ -1,13 +1,14 @@
 """Session storage: a durable JSONL log per session (the source of truth) mirrored into Redis.
 
-Redis keys (see docs/architecture.md; none has a TTL except leases):
-  wb:s:<id>          hash   the SessionInfo fields, JSON-encoded, plus log_size (bytes of the disk log
-                            the Redis side reflects)
-  wb:s:<id>:log      list   the log records, one JSON line each, exactly as on disk
-  wb:s:index         zset   id -> updated time (listing, newest first)
-  wb:s:repo:<path>   zset   id -> updated time, per repository
-  wb:s:ids           zset   every id at score 0 (unique-prefix lookups by lex range)
-  wb:s:fts:*                the full-text index (search.py)
+Redis keys (see docs/architecture.md; none has a TTL except leases), all with the hash tag `{s}` so a
+Redis Cluster keeps them in one slot (core.keys) and each write below stays one MULTI:
+  wb:{s}:<id>          hash   the SessionInfo fields, JSON-encoded, plus log_size (bytes of the disk log
+                              the Redis side reflects)
+  wb:{s}:<id>:log      list   the log records, one JSON line each, exactly as on disk
+  wb:{s}:index         zset   id -> updated time (listing, newest first)
+  wb:{s}:repo:<path>   zset   id -> updated time, per repository
+  wb:{s}:ids           zset   every id at score 0 (unique-prefix lookups by lex range)
+  wb:{s}:fts:*                the full-text index (search.py)
 On start, a session whose Redis side is missing or lags its disk log (FLUSHALL, a new Redis, a
 crash) is rebuilt from disk.
 """
@@ -24,6 +25,7 @@ from typing import Any
 
 import redis
 
+from core import keys
 from core.errors import NotFound
 from core.paths import data_dir, ensure_writable
 from sessions import ids, search
@@ -41,18 +43,20 @@ from sessions.model import Message, Session, SessionInfo
 
 log = logging.getLogger("workbench.sessions")
 
-INDEX_KEY = "wb:s:index"
-IDS_KEY = "wb:s:ids"  # every id at score 0: prefix lookups by ZRANGE BYLEX
+P = keys.SESSIONS
+INDEX_KEY = P + "index"
+IDS_KEY = P + "ids"  # every id at score 0: prefix lookups by ZRANGE BYLEX
 _REBUILD_BATCH = 200
-# ARGV[1]: "id size id size ..." of the logs on disk; returns the ids whose Redis side is stale.
+# KEYS[1]: the ids zset (it names the slot; the script builds the session keys of that slot from ARGV[1],
+# the prefix). ARGV[2]: "id size id size ..." of the logs on disk; returns the ids whose Redis side is stale.
 _STALE = """
-local out = {}
-for sid, size in string.gmatch(ARGV[1], '(%S+) (%S+)') do
-  local have = redis.call('HGET', 'wb:s:' .. sid, 'log_size')
-  if not have or redis.call('HEXISTS', 'wb:s:' .. sid, 'id') == 0
-      or not redis.call('ZSCORE', 'wb:s:ids', sid) then
+local out, p = {}, ARGV[1]
+for sid, size in string.gmatch(ARGV[2], '(%S+) (%S+)') do
+  local have = redis.call('HGET', p .. sid, 'log_size')
+  if not have or redis.call('HEXISTS', p .. sid, 'id') == 0
+      or not redis.call('ZSCORE', KEYS[1], sid) then
     out[#out + 1] = sid
-  elseif have ~= size and redis.call('EXISTS', 'wb:s:' .. sid .. ':lease') == 0 then
+  elseif have ~= size and redis.call('EXISTS', p .. sid .. ':lease') == 0 then
     out[#out + 1] = sid
   end
 end
@@ -61,15 +65,15 @@ return out
 
 
 def session_key(session_id: str) -> str:
-    return f"wb:s:{session_id}"
+    return P + session_id
 
 
 def log_key(session_id: str) -> str:
-    return f"wb:s:{session_id}:log"
+    return f"{P}{session_id}:log"
 
 
 def repo_key(repo: str) -> str:
-    return f"wb:s:repo:{repo}"
+    return f"{P}repo:{repo}"
 
 
 @dataclass
@@ -119,12 +123,17 @@ class SessionStore:
 
     # -- writing -------------------------------------------------------------------------------
 
+    def _multi(self) -> redis.client.Pipeline:
+        """A MULTI/EXEC pipeline: named, because redis-py's cluster pipeline is not a transaction
+        unless asked (all its keys share the `{s}` slot, so it may be one)."""
+        return self.r.pipeline(transaction=True)
+
     def create(self, session: Session, records: list[dict[str, Any]] | None = None) -> None:
         """Write a new session (header plus any `records`, e.g. a fork's copied messages)."""
         with self._lock:
             lines = [header_record(session), *(records or [])]
             size = self.file(session.id).write_new(lines)
-            pipe = self.r.pipeline()
+            pipe = self._multi()
             self._put_redis(pipe, session, [json.dumps(x, ensure_ascii=False) for x in lines], size)
             pipe.execute()
 
@@ -153,7 +162,7 @@ class SessionStore:
             if history is not None:
                 session.history = list(history)
                 session.history_fingerprint, session.history_dtype = fingerprint, dtype
-            pipe = self.r.pipeline()
+            pipe = self._multi()
             pipe.rpush(log_key(session.id), json.dumps(record, ensure_ascii=False))
             fields = {"updated": session.updated, "message_count": session.message_count, "log_size": size}
             pipe.hset(session_key(session.id), mapping={k: json.dumps(v) for k, v in fields.items()})
@@ -172,7 +181,7 @@ class SessionStore:
             message = session.messages[index]
             record = message_record(index, message)
             size = self.file(session.id).append([record], sync=True)
-            pipe = self.r.pipeline()
+            pipe = self._multi()
             pipe.rpush(log_key(session.id), json.dumps(record, ensure_ascii=False))
             pipe.hset(session_key(session.id), mapping={"log_size": json.dumps(size)})
             search.add_text(pipe, session.id, message.content)
@@ -190,7 +199,7 @@ class SessionStore:
             record["created"] = now
             self.file(session.id).append([record], sync=False)
             session.updated = now
-            pipe = self.r.pipeline()
+            pipe = self._multi()
             pipe.rpush(log_key(session.id), json.dumps(record, ensure_ascii=False))
             fields = {"updated": now, "message_count": index + 1}
             pipe.hset(session_key(session.id), mapping={k: json.dumps(v) for k, v in fields.items()})
@@ -210,7 +219,7 @@ class SessionStore:
                     setattr(session, key, value)
             # Only the changed fields: another process may have renamed the session meanwhile.
             fields = {k: v for k, v in _hash_fields(session, size).items() if k in changes or k == "log_size"}
-            pipe = self.r.pipeline()
+            pipe = self._multi()
             pipe.rpush(log_key(session.id), json.dumps(record, ensure_ascii=False))
             pipe.hset(session_key(session.id), mapping=fields)
             if session.title != old_title:
@@ -221,9 +230,10 @@ class SessionStore:
     def delete(self, session_id: str) -> None:
         with self._lock:
             info = self.info(session_id)
-            pipe = self.r.pipeline()
+            pipe = self._multi()
             search.remove_session(pipe, session_id)
-            pipe.delete(session_key(session_id), log_key(session_id))
+            pipe.delete(session_key(session_id))
+            pipe.delete(log_key(session_id))  # one key per DEL: a cluster pipeline refuses more
             pipe.zrem(INDEX_KEY, session_id)
             pipe.zrem(IDS_KEY, session_id)
             pipe.zrem(repo_key(info.repo), session_id)
@@ -236,7 +246,8 @@ class SessionStore:
 
     def _put_redis(self, pipe: redis.client.Pipeline, session: Session, lines: list[str], size: int) -> None:
         """The whole Redis side of one session (creation and rebuild share this)."""
-        pipe.delete(session_key(session.id), log_key(session.id))
+        pipe.delete(session_key(session.id))
+        pipe.delete(log_key(session.id))
         pipe.hset(session_key(session.id), mapping=_hash_fields(session, size))
         if lines:
             pipe.rpush(log_key(session.id), *lines)
@@ -346,7 +357,7 @@ class SessionStore:
                     except FileNotFoundError:
                         continue  # deleted meanwhile by another process
         packed = " ".join(f"{sid} {size}" for sid, size in sorted(sizes.items()))
-        stale = sorted(m.decode() for m in self.r.eval(_STALE, 0, packed)) if packed else []
+        stale = sorted(m.decode() for m in self.r.eval(_STALE, 1, IDS_KEY, P, packed)) if packed else []
         for start in range(0, len(stale), _REBUILD_BATCH):
             self._rebuild(stale[start : start + _REBUILD_BATCH])
         if stale:

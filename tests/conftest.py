@@ -1,7 +1,9 @@
 """Test harness: one private redis-server per run, a fresh data dir per test.
 
 Tests never touch a user's Redis or data dir: every test gets REDIS_URL pointing at the private
-server and WORKBENCH_HOME at its own temp dir.
+server and WORKBENCH_HOME at its own temp dir. A module marked `pytest.mark.redis_cluster` runs each of
+its tests twice: against the single server and against a private 3-master Redis Cluster on loopback
+(tests/cluster_support.py, started once per run when the first such test needs it).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import pytest
 import redis
 
 from core import redis_server
+from tests.cluster_support import PrivateCluster
 
 # Tiny random-weight models of each architecture (session-scoped, built once per run).
 pytest_plugins = ["tests.fixtures.tiny_models"]
@@ -71,11 +74,41 @@ def redis_private() -> Iterator[PrivateRedis]:
     shutil.rmtree(directory, ignore_errors=True)
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "redis_cluster: each test runs on one Redis and on a Redis Cluster")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if metafunc.definition.get_closest_marker("redis_cluster") and "redis_backend" in metafunc.fixturenames:
+        metafunc.parametrize("redis_backend", ["single", "cluster"], indirect=True)
+
+
+@pytest.fixture
+def redis_backend(request: pytest.FixtureRequest) -> str:
+    """Which Redis: `single` (the private redis-server) or `cluster` (the private Redis Cluster)."""
+    return str(getattr(request, "param", "single"))
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[PrivateCluster]:
+    directory = Path(tempfile.mkdtemp(prefix="wb-cluster-"))
+    cluster = PrivateCluster(directory).start()
+    yield cluster
+    cluster.stop()
+    shutil.rmtree(directory, ignore_errors=True)
+
+
 @pytest.fixture(autouse=True)
-def workbench_env(redis_private: PrivateRedis, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """Every test: REDIS_URL -> the private server; WORKBENCH_HOME -> a short fresh temp dir."""
+def workbench_env(
+    redis_private: PrivateRedis,
+    redis_backend: str,
+    request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[Path]:
+    """Every test: REDIS_URL -> the private server (or cluster); WORKBENCH_HOME -> a short fresh temp dir."""
     home = Path(tempfile.mkdtemp(prefix="wb-home-"))
-    monkeypatch.setenv("REDIS_URL", redis_private.url)
+    url = redis_private.url if redis_backend == "single" else request.getfixturevalue("redis_cluster").url
+    monkeypatch.setenv("REDIS_URL", url)
     monkeypatch.setenv("WORKBENCH_HOME", str(home))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     redis_server.reset_clients()
@@ -85,8 +118,14 @@ def workbench_env(redis_private: PrivateRedis, monkeypatch: pytest.MonkeyPatch) 
 
 
 @pytest.fixture
-def redis_client(redis_private: PrivateRedis) -> redis.Redis:
-    """A client of the private server, flushed before the test."""
+def redis_client(
+    redis_private: PrivateRedis, redis_backend: str, request: pytest.FixtureRequest
+) -> redis.Redis:
+    """A client of the private server (or a RedisCluster client of the private cluster), flushed first."""
+    if redis_backend == "cluster":
+        cluster_client = request.getfixturevalue("redis_cluster").client()
+        cluster_client.flushall()
+        return cluster_client  # the same commands as a Redis client: what core.redis_server.connect() gives
     client = redis_private.client()
     client.flushall()
     return client

@@ -80,7 +80,7 @@ def workbench(*args: str, stdin: str | None = None, extra_env: dict[str, str] | 
 
 
 def store_is_empty(r: redis.Redis, home: Path) -> bool:
-    """No session in Redis (no wb:s:* key) and no session log on disk."""
+    """No session in Redis (no wb:{s}:* key) and no session log on disk."""
     sessions_dir = home / "sessions"
     on_disk = list(sessions_dir.glob("*.jsonl")) if sessions_dir.exists() else []
-    return not r.keys("wb:s:*") and not on_disk
+    return not list(r.scan_iter(match="wb:{s}:*")) and not on_disk

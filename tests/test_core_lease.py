@@ -10,6 +10,9 @@ import redis
 
 from core.lease import Lease, LeaseBusy
 
+# Each test here runs on one Redis and on a 3-master Redis Cluster (tests/conftest.py).
+pytestmark = pytest.mark.redis_cluster
+
 
 def test_a_lease_that_changed_hands_cannot_be_dropped_or_renewed_by_its_old_holder(
     redis_client: redis.Redis,

@@ -12,6 +12,9 @@ from indexer.index import shared_encoder
 from indexer.tokens import blob_key, decode_blob
 from tests.indexer_support import ByteLevelTokenizer, expected_elements, vset_members, write_repo
 
+# Each test here runs on one Redis and on a 3-master Redis Cluster (tests/conftest.py).
+pytestmark = pytest.mark.redis_cluster
+
 INDEXED = ["README.md", "app/server.py", "app/util.py", "cmd/main.go", "src/lib.rs", "web/cart.ts"]
 
 
@@ -148,7 +151,7 @@ def test_search_on_an_empty_or_unknown_index_is_empty(tmp_path: Path, redis_clie
 def test_a_second_writer_waits_for_the_first(ix: Index, redis_client: redis.Redis) -> None:
     import threading
 
-    lease = f"wb:ix:{ix.id}:lock"
+    lease = ix.store.prefix + "lock"
     redis_client.set(lease, b"another-process", ex=60)
     done = threading.Event()
     worker = threading.Thread(target=lambda: (ix.update(), done.set()))

@@ -106,7 +106,7 @@ def test_status_is_published_for_the_tui_and_cli(watched: tuple[Index, Watcher])
     (ix.root / "app" / "status_probe.py").write_text("def probe():\n    return 1\n")
     assert wait_for(lambda: ix.status().get("files") == "7")
     assert watcher.wait_idle(20)
-    status = ix.redis.hgetall(f"wb:ix:{ix.id}:status")
+    status = ix.redis.hgetall(ix.store.status_key)
     assert {k.decode() for k in status} >= {"files", "chunks", "pending", "last_update", "errors", "state"}
     assert status[b"pending"] == b"0" and status[b"state"] == b"watching"
     assert abs(float(status[b"last_update"]) - time.time()) < 30

@@ -25,6 +25,9 @@ from kvstore.tiers import DiskTier, MemoryTier
 from kvstore.tiers.redis import RedisStats, RedisTier
 from tests.kv_helpers import BS, greedy, history, reference, save_history, store_with, tiny_model
 
+# Each test here runs on one Redis and on a 3-master Redis Cluster (tests/conftest.py).
+pytestmark = pytest.mark.redis_cluster
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -284,12 +287,12 @@ def test_hit_counters_are_shared_in_redis_and_cli_reports_them(
     save_history(model, store, ids)
     assert main(["cache", "clear", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["removed"] == {"disk": 3, "redis": 3}
-    assert redis_client.keys(b"wb:kv*") == []
+    assert list(redis_client.scan_iter(match=b"wb:kv*")) == []
 
 
 def test_redis_blocks_carry_a_ttl(model, redis_client) -> None:
     save_history(model, store_with([RedisTier(redis_client, ttl_s=600)]), history(BS))
-    names = redis_client.keys(b"wb:kv:*")
+    names = list(redis_client.scan_iter(match=b"wb:kv:*"))  # every node (KEYS asks one)
     assert len(names) == 2  # the block and the tail record holding the last logits
     assert all(0 < redis_client.ttl(name) <= 600 for name in names)
 

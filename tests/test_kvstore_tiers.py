@@ -5,11 +5,15 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
 import redis
 
 from kvstore.refs import FileRefs
 from kvstore.tiers import DiskTier, MemoryTier
 from kvstore.tiers.redis import RedisTier
+
+# Each test here runs on one Redis and on a 3-master Redis Cluster (tests/conftest.py).
+pytestmark = pytest.mark.redis_cluster
 
 
 def key(i: int) -> str:

@@ -79,6 +79,30 @@ def test_chat_completion_whole_and_streamed_say_the_same(base_url: str, model_di
     assert chunks[-1].usage.prompt_tokens_details.cached_tokens >= 64
 
 
+def test_two_concurrent_streams_both_run_to_the_end(base_url: str, model_dir: Path) -> None:
+    messages = [{"role": "user", "content": "Tell a very long story."}]
+    ask = dict(model=str(model_dir), messages=messages, temperature=0, max_tokens=200)
+    expected = client(base_url).chat.completions.create(**ask).choices[0].message.content
+    both_open = threading.Barrier(2, timeout=30)
+    texts: dict[int, tuple[str, str | None]] = {}
+
+    def stream(n: int) -> None:
+        chunks = client(base_url).chat.completions.create(**ask, stream=True)
+        parts, finish = [next(chunks).choices[0].delta.content or ""], None
+        both_open.wait()  # neither is read on until both are open: the second opens mid-way through the first
+        for chunk in chunks:
+            parts.append(chunk.choices[0].delta.content or "")
+            finish = chunk.choices[0].finish_reason or finish
+        texts[n] = ("".join(parts), finish)
+
+    threads = [threading.Thread(target=stream, args=(n,)) for n in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert texts == {0: (expected, "length"), 1: (expected, "length")}
+
+
 def test_text_completion(base_url: str, model_dir: Path) -> None:
     done = client(base_url).completions.create(model=str(model_dir), prompt="def parse(", max_tokens=5,
                                                 temperature=0)  # fmt: skip
@@ -145,3 +169,5 @@ def test_the_cli_refuses_a_public_bind_without_a_key_and_a_bad_bind() -> None:
     assert public.code == 2 and "not a loopback address: give --api-key" in public.stderr
     bad = workbench("serve", "--http", "localhost")
     assert bad.code == 2 and "--http wants HOST:PORT" in bad.stderr
+    none = workbench("serve", "--concurrency", "0")
+    assert none.code == 2 and "--concurrency must be >= 1, got 0" in none.stderr

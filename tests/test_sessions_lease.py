@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -10,7 +11,10 @@ import time
 import pytest
 import redis
 
-from core.lease import LeaseKeeper, SessionBusy, lease_key
+from core.lease import LeaseKeeper, SessionBusy, lease_key, pid_alive
+
+# Each test here runs on one Redis and on a 3-master Redis Cluster (tests/conftest.py).
+pytestmark = pytest.mark.redis_cluster
 
 
 def test_heartbeat_keeps_the_lease_past_its_expiry_and_release_frees_it(redis_client: redis.Redis) -> None:
@@ -41,6 +45,22 @@ def test_an_expired_lease_is_free_and_a_dead_local_holder_is_taken_over(redis_cl
     keeper.acquire("crashed")
     assert keeper.holds("crashed")
     keeper.close()
+
+
+def test_a_killed_holder_its_parent_has_not_reaped_yet_is_dead(redis_client: redis.Redis) -> None:
+    keeper = LeaseKeeper(redis_client)
+    child = subprocess.Popen(["sleep", "60"])
+    try:
+        child.kill()
+        time.sleep(0.2)  # killed, but a zombie until its parent waits for it
+        assert not pid_alive(child.pid)
+        holder = {"pid": child.pid, "host": keeper.host, "token": "x"}
+        redis_client.set(lease_key("zombie"), json.dumps(holder), px=60_000)
+        keeper.acquire("zombie")  # taken over at once, not after the minute its lease has left
+        assert keeper.holds("zombie") and pid_alive(os.getpid())
+    finally:
+        child.wait()
+        keeper.close()
 
 
 def test_a_lease_lost_while_stalled_is_dropped_not_stolen_back(redis_client: redis.Redis) -> None:

@@ -6,13 +6,17 @@ import random
 import time
 from pathlib import Path
 
+import pytest
 import redis
 
-from sessions import ids
+from sessions import ids, search
 from sessions.log import encode, header_record, message_record
 from sessions.model import Message, Session
 from sessions.search import terms
 from sessions.store import SessionStore
+
+# Each test here runs on one Redis and on a 3-master Redis Cluster (tests/conftest.py).
+pytestmark = pytest.mark.redis_cluster
 
 
 def new_session(title: str, repo: str = "/repo") -> Session:
@@ -70,7 +74,7 @@ def test_rename_delete_and_repo_filter_keep_the_index_exact(redis_client: redis.
     assert [h.session.id for h in store.search("websocket")] == [other.id]
     assert [h.session.id for h in store.search("retry", repo="/r2")] == []
     store.delete(s.id)
-    assert store.search("retry") == [] and redis_client.smembers(f"wb:s:fts:d:{s.id}") == set()
+    assert store.search("retry") == [] and redis_client.smembers(search.doc_key(s.id)) == set()
 
 
 def test_search_is_fast_at_thousands_of_sessions(redis_client: redis.Redis) -> None:

@@ -29,6 +29,9 @@ from sessions.events import (
 )
 from sessions.log import SessionFile
 
+# Each test here runs on one Redis and on a 3-master Redis Cluster (tests/conftest.py).
+pytestmark = pytest.mark.redis_cluster
+
 ROOT = Path(__file__).resolve().parent.parent
 # A system prompt long enough to fill several KV blocks of the default size with the tiny tokenizer.
 SYSTEM = "You are a careful coding assistant. Answer briefly and cite files. " * 8
@@ -186,7 +189,7 @@ def test_unknown_model_writes_nothing(svc: SessionService, redis_client: redis.R
     result = turn.wait(30)
     assert result.is_error and result.exit_code == 3 and "/nonexistent/model-dir" in result.error
     svc.close()
-    assert redis_client.keys("wb:s:*") == []
+    assert list(redis_client.scan_iter(match="wb:{s}:*")) == []
     assert list((Path(os.environ["WORKBENCH_HOME"]) / "sessions").glob("*")) == []
 
 
@@ -261,6 +264,7 @@ def test_sigkill_mid_generation_leaves_a_readable_session(redis_client: redis.Re
 HOLDER = """
 import sys
 from sessions import SessionService
+
 svc = SessionService()
 svc.open(sys.argv[1])
 print("open", flush=True)

@@ -13,7 +13,10 @@ from core.errors import NotFound, UsageError
 from sessions import ids
 from sessions.log import SessionFile
 from sessions.model import Message, Session, Settings
-from sessions.store import SessionStore
+from sessions.store import SessionStore, log_key, session_key
+
+# Each test here runs on one Redis and on a 3-master Redis Cluster (tests/conftest.py).
+pytestmark = pytest.mark.redis_cluster
 
 
 def make_session(repo: str = "/repo/a", title: str = "fix the parser", when: float | None = None) -> Session:
@@ -105,11 +108,11 @@ def test_redis_lagging_behind_disk_is_rebuilt(redis_client: redis.Redis) -> None
     store = SessionStore(redis_client)
     s = make_session()
     store.create(s)
-    size_before = redis_client.hget(f"wb:s:{s.id}", "log_size")
+    size_before = redis_client.hget(session_key(s.id), "log_size")
     store.append_message(s, Message(role="user", content="kept"))
     # Redis lost its last transaction (AOF everysec and a crash): the log entry and the size with it.
-    redis_client.rpop(f"wb:s:{s.id}:log")
-    redis_client.hset(f"wb:s:{s.id}", "log_size", size_before)
+    redis_client.rpop(log_key(s.id))
+    redis_client.hset(session_key(s.id), "log_size", size_before)
     assert SessionStore(redis_client, sync=False).sync_from_disk() == [s.id]
     assert [m.content for m in store.load(s.id).messages] == ["kept"]
 

@@ -31,6 +31,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="take over a request another worker left pending this long (default 30000)",
     )
     p.add_argument("--max-requests", type=int, default=None, metavar="N", help="exit after N requests")
+    p.add_argument(
+        "--concurrency",
+        type=int,
+        default=4,
+        metavar="N",
+        help="requests in progress at once (their turns share the one engine; default 4)",
+    )
     http = p.add_argument_group("HTTP front door (OpenAI-compatible)")
     http.add_argument(
         "--http",
@@ -63,11 +70,15 @@ def run_serve(args: argparse.Namespace) -> int:
         return run_http(args)
     if args.claim_idle_ms < 100:
         raise UsageError(f"--claim-idle-ms must be >= 100, got {args.claim_idle_ms}")
+    if args.concurrency < 1:
+        raise UsageError(f"--concurrency must be >= 1, got {args.concurrency}")
     client = redis_server.connect()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     with SessionService(client) as svc:
-        worker = Worker(client, svc, name=args.name, claim_idle_ms=args.claim_idle_ms)
+        worker = Worker(
+            client, svc, name=args.name, claim_idle_ms=args.claim_idle_ms, concurrency=args.concurrency
+        )
         try:
             worker.run(stop, max_requests=args.max_requests)
         except KeyboardInterrupt:
