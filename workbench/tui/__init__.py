@@ -21,11 +21,20 @@ def run(args: argparse.Namespace) -> int:
         thinking=getattr(args, "thinking", None),
         max_tokens=getattr(args, "max_tokens", None),
         temperature=getattr(args, "temperature", None),
-        watch_index=not os.environ.get(
-            "WORKBENCH_NO_INDEX"
-        ),  # the TUI runs the repo's watcher unless this is set
+        # The TUI runs the repo's watcher unless this is set (remote: it keeps the shared index current).
+        watch_index=not os.environ.get("WORKBENCH_NO_INDEX"),
+        remote=bool(getattr(args, "remote", False)),
     )
     from workbench.tui.backend import Backend
 
-    WorkbenchApp(Backend(options), default_data_dir()).run()
+    make_service = None
+    if options.remote:  # turns go to `workbench serve` workers; the protocol carries no tool approvals
+        options.allow_tools = "none"
+
+        def make_service() -> object:
+            from serve.remote import RemoteSessionService
+
+            return RemoteSessionService()
+
+    WorkbenchApp(Backend(options, make_service), default_data_dir()).run()  # type: ignore[arg-type]
     return 0

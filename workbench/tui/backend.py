@@ -40,6 +40,7 @@ class LaunchOptions:
     temperature: float | None = None
     watch_index: bool = True
     allow_tools: str = "read"  # read-only tools run on their own; changing ones ask (screens/approval.py)
+    remote: bool = False  # turns run on `workbench serve` workers (serve/remote.py); no local model
 
 
 @dataclass
@@ -119,6 +120,8 @@ class Backend:
 
     def model_problem(self, name: str) -> str | None:
         """Why model `name` cannot be loaded here (not found, not a model), or None when it can."""
+        if self.options.remote:
+            return None  # the workers load it
         from engine.errors import EngineError
         from engine.loader import resolve_path
 
