@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,8 +11,8 @@ import redis
 
 from serve.remote import RemoteSessionService
 from serve.worker import Worker
-from sessions import SessionService
 from tests.headless_support import chat_model_dir
+from tests.test_serve_worker import worker as worker  # the fixture: an in-process worker thread
 from tests.test_tui_chat import main_screen, send
 from tests.tui_support import SIZE, make_app, wait_for
 from workbench.tui.widgets.chat import AssistantMessage
@@ -23,19 +21,6 @@ from workbench.tui.widgets.chat import AssistantMessage
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return chat_model_dir(tmp_path_factory.getbasetemp())
-
-
-@pytest.fixture
-def worker(redis_client: redis.Redis) -> Iterator[Worker]:
-    svc = SessionService(redis_client)
-    w = Worker(redis_client, svc, name="tui-worker", claim_idle_ms=60_000, block_ms=100)
-    stop = threading.Event()
-    thread = threading.Thread(target=w.run, args=(stop,), daemon=True)
-    thread.start()
-    yield w
-    stop.set()
-    thread.join(timeout=10)
-    svc.close()
 
 
 def test_the_tui_runs_its_turns_on_a_worker(
