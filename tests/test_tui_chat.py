@@ -234,3 +234,32 @@ def test_a_long_session_shows_its_last_messages_and_loads_earlier_ones_on_demand
             assert app.is_running and screen.query(UserMessage).first().text == "question 0"
 
     asyncio.run(scenario())
+
+
+def test_a_pruned_chat_can_load_its_pruned_messages_again(
+    model_dir: Path, repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from workbench.tui.widgets import chat as chat_widgets
+    from workbench.tui.widgets.chat import ChatMessage, ChatView, LoadEarlier
+
+    monkeypatch.setattr(chat_widgets, "PRUNE_LINES", 30)  # a small window, so that two turns overflow it
+    monkeypatch.setattr(chat_widgets, "KEEP_LINES", 12)
+
+    async def scenario() -> None:
+        app = make_app(model_dir, repo, tmp_path / "data", max_tokens=24, rag=False, temperature=0.0)
+        async with app.run_test(size=SIZE) as pilot:
+            screen = main_screen(app)
+            view = screen.query_one(ChatView)
+            for n in range(3):
+                await send(pilot, app, f"question {n}\n" + "more words\n" * 6)
+                await wait_for(pilot, lambda: not screen.busy and screen.turn.done)  # type: ignore[union-attr]
+            await wait_for(pilot, lambda: bool(view.query(LoadEarlier)))  # pruned, and said so
+            numbers = [m.number for m in view.query(ChatMessage)]
+            assert numbers == list(range(numbers[0], 7)) and numbers[0] > 1  # the newest kept, in order
+            while view.query(LoadEarlier):
+                view.query_one(LoadEarlier).post_message(LoadEarlier.Pressed())
+                await pilot.pause(0.1)
+            assert [m.number for m in view.query(ChatMessage)] == list(range(1, 7))
+            assert view.query(UserMessage).first().text.startswith("question 0")
+
+    asyncio.run(scenario())

@@ -149,6 +149,10 @@ class Backend:
     def search(self, query: str, all_repos: bool) -> list[SearchHit]:
         return self.connect().search(query, None if all_repos else self.options.repo, limit=50)
 
+    def show(self, session_id: str) -> Session:
+        """The session as recorded (no lease taken)."""
+        return self.connect().show(session_id)
+
     def session_to_open(self) -> str | None:
         """The session `--resume ID` / `--continue` names (resolved), or None for a new one."""
         service = self.connect()

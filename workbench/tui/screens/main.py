@@ -22,9 +22,7 @@ from workbench.tui.screens.modals import NoModelScreen, TextPromptScreen
 from workbench.tui.screens.sessions_base import SessionScreen
 from workbench.tui.widgets.chat import (
     AssistantMessage,
-    ChatMessage,
     ChatView,
-    LoadEarlier,
     ToolCallView,
     UserMessage,
     reply_footer,
@@ -35,10 +33,8 @@ from workbench.tui.widgets.sessions import SessionsPanel
 from workbench.tui.widgets.status import StatusBar, index_text
 
 if TYPE_CHECKING:
-    from sessions.model import Session
     from sessions.turn import Turn
 
-WINDOW = 20  # messages shown when a session opens; "load earlier" adds this many more
 REDIS_POLL_S = 5.0  # how often the status bar checks that Redis answers
 
 
@@ -58,8 +54,6 @@ class MainScreen(SessionScreen):
     def __init__(self) -> None:
         super().__init__()
         self.session_id: str | None = None
-        self.session_messages: list[Any] = []  # the open session's messages (for "load earlier")
-        self.first_shown = 0  # index of the first message on screen
         self.turn: Turn | None = None
         self.queue: list[str] = []
         self.busy = False  # a turn was submitted and has not ended
@@ -167,56 +161,6 @@ class MainScreen(SessionScreen):
 
         self.app.push_screen(ChunkScreen(self.wb.backend.options.repo, event.chunk))
 
-    # -- showing a session --------------------------------------------------------------------------
-
-    async def _show_session(self, session: Session) -> None:
-        chat = self.query_one(ChatView)
-        await chat.remove_children()
-        self.session_id = session.id
-        self.session_messages = list(session.messages)
-        self.first_shown = max(0, len(self.session_messages) - WINDOW)
-        if self.first_shown:
-            await chat.mount(LoadEarlier(self.first_shown))
-        await chat.mount_all(self._widgets_for(self.first_shown, len(self.session_messages)))
-        chat.following = True
-        chat.to_bottom()
-        cached = len(session.history)
-        self.query_one(StatusBar).change(model=session.model, context_used=cached)
-        self.sub_title = session.title
-        if session.messages:
-            self.notify(f"{session.title}: {len(session.messages)} messages", title="Resumed")
-        if cached:
-            self.warm(session.id, cached)
-
-    def _widgets_for(self, start: int, end: int) -> list[ChatMessage]:
-        widgets: list[ChatMessage] = []
-        for index in range(start, end):
-            message = self.session_messages[index]
-            if message.role == "user":
-                widgets.append(UserMessage(message.content, index + 1))
-            elif message.role == "assistant":
-                reply = AssistantMessage(message.content, message.reasoning, index + 1)
-                if message.status == "interrupted":
-                    reply.add_class("interrupted")
-                widgets.append(reply)
-        return widgets
-
-    @on(LoadEarlier.Pressed)
-    async def load_earlier(self, event: LoadEarlier.Pressed) -> None:
-        event.stop()
-        chat = self.query_one(ChatView)
-        bars = chat.query(LoadEarlier)
-        if not bars or not self.first_shown:  # a press that arrived after the last load
-            return
-        bar, start = bars.first(), max(0, self.first_shown - WINDOW)
-        widgets = self._widgets_for(start, self.first_shown)
-        self.first_shown = start
-        await chat.mount_all(widgets, after=bar)
-        if start:
-            bar.update(f"▲ {start} earlier messages — Enter or click to load")
-        else:
-            await bar.remove()
-
     # -- turns --------------------------------------------------------------------------------------
 
     @on(PromptInput.Submitted)
@@ -238,7 +182,8 @@ class MainScreen(SessionScreen):
         chat = self.query_one(ChatView)
         bar = self.query_one(StatusBar)
         chat.following = True
-        await chat.mount(UserMessage(prompt))
+        asked = UserMessage(prompt)
+        await chat.mount(asked)
         reply = AssistantMessage()
         await chat.mount(reply)
         chat.to_bottom()
@@ -262,6 +207,7 @@ class MainScreen(SessionScreen):
                         bar.change(tok_s=tokens / elapsed)
             elif kind == "result":
                 await self._finish(reply, event)
+                asked.number = event.message - 1 if event.message else None
             elif kind == "approval":  # a changing tool call waits: the screen's answer goes to the turn
                 ask(self.app, turn, event)
             else:
@@ -269,7 +215,8 @@ class MainScreen(SessionScreen):
         if isinstance(self.app.screen, ApprovalScreen):  # the turn ended while it asked
             self.app.screen.dismiss("reject")
         chat.to_bottom()
-        chat.prune()
+        if await chat.prune() and self.session_id:
+            self.reload_window(self.session_id)  # what was pruned can be loaded again
         if self.queue:
             self.run_turn(self.queue.pop(0))
             self._show_queue()

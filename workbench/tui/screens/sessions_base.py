@@ -9,7 +9,14 @@ from textual import on, work
 from textual.screen import Screen
 
 from workbench.tui.screens.modals import ConfirmScreen, TextPromptScreen
-from workbench.tui.widgets.chat import ChatMessage
+from workbench.tui.widgets.chat import (
+    AssistantMessage,
+    ChatMessage,
+    ChatView,
+    LoadEarlier,
+    UserMessage,
+    load_earlier_text,
+)
 from workbench.tui.widgets.context import ContextPanel, warm_report
 from workbench.tui.widgets.sessions import SessionList, SessionsPanel
 from workbench.tui.widgets.status import StatusBar
@@ -19,17 +26,23 @@ if TYPE_CHECKING:
     from workbench.tui.app import WorkbenchApp
 
 
+WINDOW = 20  # messages shown when a session opens; "load earlier" adds this many more
+
+
 class SessionScreen(Screen[None]):
     session_id: str | None = None
     busy = False  # a turn was submitted and has not ended
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.session_messages: list[Any] = []  # the open session's messages (for "load earlier")
+        self.first_shown = 0  # index of the first message on screen
 
     @property
     def wb(self) -> WorkbenchApp:
         return self.app  # type: ignore[return-value]
 
     if TYPE_CHECKING:  # what the chat screen (MainScreen) provides to this half
-
-        async def _show_session(self, session: Session) -> None: ...
 
         async def action_new_session(self) -> None: ...
 
@@ -72,6 +85,74 @@ class SessionScreen(Screen[None]):
             return
         self.app.call_from_thread(self._show_session, session)
         self.app.call_from_thread(self.refresh_sessions)
+
+    # -- the session on screen: its last WINDOW messages, earlier ones on demand -------------------
+
+    async def _show_session(self, session: Session) -> None:
+        chat = self.query_one(ChatView)
+        await chat.remove_children()
+        self.session_id = session.id
+        self.session_messages = list(session.messages)
+        self.first_shown = max(0, len(self.session_messages) - WINDOW)
+        if self.first_shown:
+            await chat.mount(LoadEarlier(self.first_shown))
+        await chat.mount_all(self._widgets_for(self.first_shown, len(self.session_messages)))
+        chat.following = True
+        chat.to_bottom()
+        cached = len(session.history)
+        self.query_one(StatusBar).change(model=session.model, context_used=cached)
+        self.sub_title = session.title
+        if session.messages:
+            self.notify(f"{session.title}: {len(session.messages)} messages", title="Resumed")
+        if cached:
+            self.warm(session.id, cached)
+
+    def _widgets_for(self, start: int, end: int) -> list[ChatMessage]:
+        widgets: list[ChatMessage] = []
+        for index in range(start, end):
+            message = self.session_messages[index]
+            if message.role == "user":
+                widgets.append(UserMessage(message.content, index + 1))
+            elif message.role == "assistant":
+                reply = AssistantMessage(message.content, message.reasoning, index + 1)
+                if message.status == "interrupted":
+                    reply.add_class("interrupted")
+                widgets.append(reply)
+        return widgets
+
+    @on(LoadEarlier.Pressed)
+    async def load_earlier(self, event: LoadEarlier.Pressed) -> None:
+        event.stop()
+        chat = self.query_one(ChatView)
+        bars = chat.query(LoadEarlier)
+        if not bars or not self.first_shown:  # a press that arrived after the last load
+            return
+        bar, start = bars.first(), max(0, self.first_shown - WINDOW)
+        widgets = self._widgets_for(start, self.first_shown)
+        self.first_shown = start
+        await chat.mount_all(widgets, after=bar)
+        if start:
+            bar.update(load_earlier_text(start))
+        else:
+            await bar.remove()
+
+    @work(thread=True, exclusive=True, group="window", exit_on_error=False)
+    def reload_window(self, session_id: str) -> None:
+        """After pruning: the session as recorded, so "load earlier" can bring the pruned messages back."""
+        session = self.wb.backend.show(session_id)
+        self.app.call_from_thread(self._after_prune, session)
+
+    async def _after_prune(self, session: Session) -> None:
+        chat = self.query_one(ChatView)
+        shown = [m.number for m in chat.query(ChatMessage) if m.number]
+        if session.id != self.session_id or not shown:
+            return
+        self.session_messages, self.first_shown = list(session.messages), min(shown) - 1
+        bars = chat.query(LoadEarlier)
+        if bars:
+            bars.first().update(load_earlier_text(self.first_shown))
+        elif self.first_shown:
+            await chat.mount(LoadEarlier(self.first_shown), before=0)
 
     @work(thread=True, exclusive=True, group="warm", exit_on_error=False)
     def warm(self, session_id: str, tokens: int) -> None:

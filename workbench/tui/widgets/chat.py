@@ -157,6 +157,10 @@ class AssistantMessage(ChatMessage):
         self.query_one(".reply-footer", Static).update(footer)
 
 
+def load_earlier_text(hidden: int) -> str:
+    return f"▲ {hidden} earlier message{'s' * (hidden != 1)} — Enter or click to load"
+
+
 class LoadEarlier(Static, can_focus=True):
     """The bar at the top of a pruned or windowed chat: select it to show earlier messages."""
 
@@ -166,7 +170,7 @@ class LoadEarlier(Static, can_focus=True):
         pass
 
     def __init__(self, hidden: int) -> None:
-        super().__init__(f"▲ {hidden} earlier message{'s' * (hidden != 1)} — Enter or click to load")
+        super().__init__(load_earlier_text(hidden))
         self.hidden = hidden
 
     def action_load(self) -> None:
@@ -213,7 +217,7 @@ class ChatView(VerticalScroll):
     def overflow_lines(self) -> int:
         return self.virtual_size.height - PRUNE_LINES
 
-    def prune(self) -> int:
+    async def prune(self) -> int:
         """Remove the oldest messages while the content is over PRUNE_LINES; how many went."""
         if self.virtual_size.height <= PRUNE_LINES:
             return 0
@@ -227,8 +231,7 @@ class ChatView(VerticalScroll):
         if removed:
             self._programmatic = True
             try:
-                for widget in removed:
-                    widget.remove()
+                await self.remove_children(removed)
             finally:
                 self._programmatic = False
         return len(removed)
