@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from engine.errors import EngineError, ModelNotFoundError
 
@@ -128,11 +130,18 @@ def resolve_model_path(name: str) -> Path:
     )
 
 
-def pull(repo_id: str, revision: str | None = None, endpoint: str | None = None) -> Path:
+def pull(
+    repo_id: str,
+    revision: str | None = None,
+    endpoint: str | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> Path:
     """Download a repo's weights, configs and tokenizer into the HF cache; returns the snapshot path.
 
-    Shows huggingface_hub's progress bars. Raises HubUnavailableError when the hub cannot be reached and
-    ModelNotFoundError when the repo does not exist or is gated.
+    Shows huggingface_hub's progress bars, or with `progress` none: it is called with (bytes written,
+    bytes expected) instead (a TUI draws its own bar; a bar on stderr would tear its screen). Raises
+    HubUnavailableError when the hub cannot be reached and ModelNotFoundError when the repo does not
+    exist or is gated.
     """
     if not is_repo_id(repo_id):
         raise ModelNotFoundError(f"{repo_id!r} is not a Hugging Face repo id (expected org/name)")
@@ -146,6 +155,7 @@ def pull(repo_id: str, revision: str | None = None, endpoint: str | None = None)
             allow_patterns=PULL_PATTERNS,
             cache_dir=hf_cache_dir(),
             endpoint=endpoint,
+            **({"tqdm_class": reporting_bars(progress)} if progress else {}),
         )
     except (
         hf_errors.RepositoryNotFoundError,
@@ -165,6 +175,29 @@ def pull(repo_id: str, revision: str | None = None, endpoint: str | None = None)
     except (OSError, hf_errors.HfHubHTTPError) as exc:
         raise HubUnavailableError(f"downloading {repo_id} failed: {_first_line(exc)}") from None
     return Path(path)
+
+
+SNAPSHOT_BAR = "huggingface_hub.snapshot_download"  # the bar of bytes written, over all files
+
+
+def reporting_bars(progress: Callable[[int, int], None]) -> type:
+    """A tqdm class for snapshot_download that draws nothing and reports the snapshot's bytes."""
+    from huggingface_hub.utils import tqdm as hf_tqdm
+
+    class Reporting(hf_tqdm):  # type: ignore[misc]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            self.reports = kwargs.get("name") == SNAPSHOT_BAR
+            kwargs["disable"] = True
+            super().__init__(*args, **kwargs)
+            self.done = 0
+
+        def update(self, n: float | None = 1) -> bool | None:
+            self.done += int(n or 0)
+            if self.reports:
+                progress(self.done, int(self.total or 0))
+            return super().update(n)
+
+    return Reporting
 
 
 def _first_line(exc: BaseException) -> str:

@@ -154,3 +154,25 @@ def test_load_model_by_repo_id(hf_cache, tiny_model):
     model = engine.load_model("tiny/qwen3", backend="numpy")
     assert Path(model.path) == snapshot
     assert model.tokenizer.identity == hashlib.sha256(files["tokenizer.json"]).hexdigest()
+
+
+def test_a_pull_can_report_its_bytes_instead_of_drawing_bars(capsys: pytest.CaptureFixture[str]) -> None:
+    """The TUI's pull: huggingface_hub builds its bars from our class (as snapshot_download does, with
+    its own factory); only the snapshot's byte bar reports, and nothing reaches the terminal."""
+    import logging
+
+    from huggingface_hub.utils.tqdm import _create_progress_bar
+
+    from engine.hub import SNAPSHOT_BAR, reporting_bars
+
+    seen: list[tuple[int, int]] = []
+    bars = reporting_bars(lambda done, total: seen.append((done, total)))
+    written = _create_progress_bar(cls=bars, log_level=logging.INFO, name=SNAPSHOT_BAR, total=0, unit="B")
+    transfer = _create_progress_bar(cls=bars, log_level=logging.INFO, name="transfer", total=0)
+    written.total = (written.total or 0) + 1000  # each file's size is added as its download starts
+    written.update(400)
+    transfer.update(999)
+    written.update(600)
+    written.close()
+    assert seen == [(400, 1000), (1000, 1000)]
+    assert capsys.readouterr().err == ""

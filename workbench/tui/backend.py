@@ -136,10 +136,11 @@ class Backend:
 
         return hub.list_local()
 
-    def pull_model(self, repo_id: str) -> Path:
+    def pull_model(self, repo_id: str, progress: Callable[[int, int], None] | None = None) -> Path:
+        """Download a model from the Hub; `progress(bytes written, bytes expected)` as it goes."""
         from engine import hub
 
-        return hub.pull(repo_id)
+        return hub.pull(repo_id, progress=progress)
 
     # -- sessions ------------------------------------------------------------------------------------
 

@@ -140,9 +140,15 @@ class MainScreen(SessionScreen):
 
     @work(thread=True, group="pull", exit_on_error=False)
     def pull_model(self, model: str) -> None:
-        self.app.call_from_thread(self.query_one(StatusBar).change, activity=f"pulling {model}")
+        bar = self.query_one(StatusBar)
+        self.app.call_from_thread(bar.change, activity=f"pulling {model}")
+
+        def progress(done: int, total: int) -> None:
+            shown = f"{progress_bar(done, total)} of {total / 2**30:.2f} GiB" if total else ""
+            self.app.call_from_thread(bar.change, activity=f"pulling {model} {shown}")
+
         try:
-            path = self.wb.backend.pull_model(model)
+            path = self.wb.backend.pull_model(model, progress)
         except Exception as exc:
             self.app.call_from_thread(self.notify, str(exc), title="Pull failed", severity="error")
             self.app.call_from_thread(self.query_one(StatusBar).change, activity="no model")
