@@ -60,3 +60,56 @@ def test_the_main_screen(
     (base / "repo").mkdir()
     app = make_app(model_dir, base / "repo", base / "data")
     assert snap_compare(app, terminal_size=(120, 34), run_before=_fixed_screen)
+
+
+CHANGE = """--- a/kvstore/keys.py
++++ b/kvstore/keys.py
+@@ -10,3 +10,3 @@ def block_key(space, tokens):
+-    return sha256(space.identity + tokens.tobytes()).hexdigest()
++    return blake2b(space.identity + tokens.tobytes(), digest_size=16).hexdigest()
+"""
+
+
+async def _approval_screen(pilot: Any) -> None:
+    from sessions.events import ApprovalNeeded
+    from workbench.tui.screens.approval import ApprovalScreen
+
+    await _fixed_screen(pilot)
+    ask = ApprovalNeeded("s1", call_id="c1", tool="edit_file", kind="edit", title="edit kvstore/keys.py",
+                         preview=CHANGE, arguments={"path": "kvstore/keys.py"})  # fmt: skip
+    pilot.app.push_screen(ApprovalScreen(ask))
+    await pilot.pause(0.3)
+
+
+async def _chunk_screen(pilot: Any) -> None:
+    from sessions.events import RetrievedChunk
+    from workbench.tui.screens.chunk import ChunkScreen
+
+    await _fixed_screen(pilot)
+    repo = pilot.app.backend.options.repo
+    screen = ChunkScreen(repo, RetrievedChunk("kvstore/keys.py", 3, 5, "block_key", 0.91, 48))
+    pilot.app.push_screen(screen)
+    while not screen.code:
+        await pilot.pause(0.05)
+    await pilot.pause(0.2)
+
+
+def _repo_with_keys(base: Path) -> Path:
+    repo = base / "repo"
+    (repo / "kvstore").mkdir(parents=True)
+    lines = ["import hashlib", "", "def block_key(space, tokens):", '    """The content address."""',
+             "    return hashlib.sha256(space.identity + tokens.tobytes()).hexdigest()", "", ""]  # fmt: skip
+    (repo / "kvstore" / "keys.py").write_text("\n".join(lines))
+    return repo
+
+
+@pytest.mark.parametrize("name", ["approval", "chunk"])
+def test_the_modal_screens(
+    snap_compare: Any, model_dir: Path, tmp_path_factory: pytest.TempPathFactory, name: str
+) -> None:
+    """The approval of a changing tool call (its diff highlighted) and a retrieved chunk opened from the
+    context panel (its lines marked), over the main screen."""
+    base = tmp_path_factory.mktemp(f"snap-{name}")
+    app = make_app(model_dir, _repo_with_keys(base), base / "data")
+    before = _approval_screen if name == "approval" else _chunk_screen
+    assert snap_compare(app, terminal_size=(120, 34), run_before=before)
