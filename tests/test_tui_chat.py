@@ -61,6 +61,11 @@ def test_a_prompt_streams_a_reply_that_is_recorded(model_dir: Path, repo: Path, 
             session = app.backend.service.show(screen.session_id)
             assert [m.content for m in session.messages] == ["Say hello", reply.text]
             assert app.history.entries == ["Say hello"]  # remembered for Up/Down next time
+            report = str(screen.query_one("#context-report").render())  # the cache report, then the prefill
+            tokens = screen.turn.result.tokens
+            computed = tokens["prefilled"]
+            assert f"prompt {tokens['prompt']:,}" in report
+            assert f"({computed:,} of {computed:,} tokens)" in report
             await pilot.press("ctrl+r")
             assert app.clipboard == reply.text
             assert app.copied[-1].chars == len(reply.text)

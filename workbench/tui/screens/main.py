@@ -260,6 +260,7 @@ class MainScreen(SessionScreen):
             bar.change(activity=f"prefill {event.prefill_tokens:,} (cached {event.cached_tokens:,})")
         elif kind == "prefill":
             bar.change(activity=f"prefill {event.done:,}/{event.total:,}")
+            self.query_one(ContextPanel).prefill(event.done, event.total)
         elif kind == "index_progress" and event.phase != "done":
             done, total = (event.files_done, event.files_total) if event.phase == "reading" else (
                 event.chunks_done, event.chunks_total)  # fmt: skip

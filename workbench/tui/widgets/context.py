@@ -35,6 +35,7 @@ class ContextPanel(Vertical):
         super().__init__(**kwargs)
         self.chunks: list[Any] = []
         self.retrieval: Any = None
+        self.cache: Any = None
 
     def compose(self) -> ComposeResult:
         yield Static("[b]Retrieved code[/b]", id="context-title")
@@ -43,6 +44,7 @@ class ContextPanel(Vertical):
 
     def show(self, retrieval: Any, cache: Any = None) -> None:
         """The turn's retrieval (None: keep the last one shown) and, once known, its cache report."""
+        self.cache = cache
         if retrieval is not None and retrieval is not self.retrieval:
             self.retrieval = retrieval
             self.chunks = list(retrieval.chunks)
@@ -51,6 +53,12 @@ class ContextPanel(Vertical):
             chunks.add_options([Option(chunk_label(c), id=str(i)) for i, c in enumerate(self.chunks)])
             chunks.display = bool(self.chunks)
         self.query_one("#context-report", Static).update(context_report(self.retrieval, cache))
+
+    def prefill(self, done: int, total: int) -> None:
+        """The turn's prefill as it runs, under its cache report."""
+        line = f"prefill {progress_bar(done, total)} ({done:,} of {total:,} tokens)"
+        report = context_report(self.retrieval, self.cache)
+        self.query_one("#context-report", Static).update(f"{report}\n{line}")
 
     def note(self, text: str) -> None:
         """Replace the report under the chunk list (the KV restore of a session just opened)."""
