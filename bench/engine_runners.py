@@ -34,11 +34,10 @@ class EngineRunner:
         prefilled (a decode step reads the same bytes whatever they hold), then decode from there."""
         rng = np.random.default_rng(context)
         self.cache = self.model.make_cache()
-        self.cache.reserve(context + 64)
-        for keys, values in zip(self.cache.keys, self.cache.values, strict=True):
-            for part in (keys, values):
-                part[:, :context] = rng.standard_normal((part.shape[0], context, part.shape[2]), np.float32)
-        self.cache.commit(context)
+        c = self.model.config
+        for start in range(0, context, 256):  # in pieces: a whole 8k history at once would double its memory
+            shape = (c.num_hidden_layers, c.num_key_value_heads, min(256, context - start), c.head_dim)
+            self.cache.extend(rng.standard_normal(shape, np.float32), rng.standard_normal(shape, np.float32))
         self.logits = self.model.forward([1], self.cache)
 
 

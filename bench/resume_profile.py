@@ -5,7 +5,7 @@
 One cold prefill of a history on Qwen3-0.6B's exact shapes (random bfloat16 weights) is saved to a
 disk tier; then each case runs in a fresh process (what `workbench --resume ID` is): load the model,
 restore the history, prefill `new` tokens on top. The prefill is split into the time spent growing
-the cache (KVCache._reserve), in attention (sdpa) and in the rest (the weights' products); a
+the cache (KVCache._fresh_page), in attention (sdpa) and in the rest (the weights' products); a
 reference prefills the same number of tokens into an empty cache (the cost that does not depend on
 the history).
 """
@@ -56,9 +56,9 @@ def worker(model_dir: str, kv_dir: str, n: str, new: str, restore: str) -> None:
         res = store.restore(space_of(model), cache, ids[: int(n)])
         res_s, cached = res.restore_s, res.cached_tokens
         store.close()
-    capacity_before = cache.capacity(0)
+    capacity_before = cache.capacity()
     totals: dict[str, float] = {}
-    _timed_calls(KVCache, "_reserve", totals)
+    _timed_calls(KVCache, "_fresh_page", totals)
     _timed_calls(numpy_backend, "sdpa", totals)
     t0 = time.perf_counter()
     model.forward(ids[cached : cached + int(new)] if cached else ids[: int(new)], cache)
@@ -69,9 +69,9 @@ def worker(model_dir: str, kv_dir: str, n: str, new: str, restore: str) -> None:
                 "restore_s": res_s,
                 "cached": cached,
                 "capacity_before": capacity_before,
-                "capacity_after": cache.capacity(0),
+                "capacity_after": cache.capacity(),
                 "prefill_s": prefill_s,
-                "reserve_s": totals.get("_reserve", 0.0),
+                "new_pages_s": totals.get("_fresh_page", 0.0),
                 "sdpa_s": totals.get("sdpa", 0.0),
             }
         )

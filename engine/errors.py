@@ -27,3 +27,9 @@ class ContextLengthError(EngineError):
 class PassCancelled(Exception):
     """A forward pass stopped between two layers because its `cancel` check said so (not an error).
     Model.forward takes the unfinished chunk back out of the cache; earlier chunks of the call stay."""
+
+
+class KVPagesLost(EngineError):
+    """Pages of a KV cache whose numbers can no longer be trusted (the block file under a mapped page
+    was truncated or rewritten by another process) hold positions whose tokens the cache does not know,
+    so they cannot be recomputed."""

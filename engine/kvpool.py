@@ -1,4 +1,4 @@
-"""Key/value arrays kept for reuse across a model's caches (numpy backend).
+"""Key/value pages kept for reuse across a model's caches (numpy backend).
 
 Why: every turn of a conversation builds a new KVCache, and a prefill's cache is hundreds of MB
 (2048 tokens of Qwen3-0.6B: 235 MB, 8k: 940 MB). Fresh memory costs page faults on first touch, and on
@@ -7,9 +7,10 @@ idle) touching it again runs at ~0.3 GB/s against ~4-8 GB/s for memory the proce
 measured, a 2048-token prefill took 11.3-12.1 s on a fresh cache after 6 s idle and 9.5-9.9 s on
 arrays kept from the last one. llama.cpp and vLLM allocate their KV memory once for the same reason.
 
-The pool keeps the arrays of caches that are gone (and those a growing cache has outgrown) and hands
-them to the next cache that fits. It never holds more bytes than the model's caches held at their
-peak, so it adds no memory the process had not already needed. An array that something outside its
+The pool keeps the pages of caches that are gone (and those a trim dropped) and hands them to the next
+cache of the same model (engine.cache: every writable page of a model has one shape). It never holds
+more bytes than the model's caches held at their peak, so it adds no memory the process had not
+already needed. An array that something outside its
 cache still views is not kept: reusing it would change what that view sees.
 """
 
@@ -61,25 +62,20 @@ class ArrayPool:
             self._settle()
             return self._in_use_bytes
 
-    def take(
-        self, heads: int, capacity: int, head_dim: int, dtype: str, fresh_capacity: int = 0
-    ) -> np.ndarray:
-        """A [heads, >= capacity, head_dim] array (contents undefined): the smallest kept one that fits,
-        else a new one of max(capacity, fresh_capacity) positions (room a fresh array gets for free:
-        its pages are only touched when written)."""
-        kind = (np.dtype(dtype), heads, head_dim)
+    def take(self, shape: tuple[int, ...], dtype: str) -> np.ndarray:
+        """An array of exactly `shape` and `dtype` (contents undefined): a kept one, else a new one."""
+        kind = (np.dtype(dtype), tuple(shape))
         with self._lock:
             self._settle()
-            fits = [a for a in self._kept if (a.dtype, *a.shape[::2]) == kind and a.shape[1] >= capacity]
-            array = min(fits, key=lambda a: a.shape[1]) if fits else None
+            array = next((a for a in self._kept if (a.dtype, a.shape) == kind), None)
             if array is not None:
                 self._kept = [a for a in self._kept if a is not array]
                 self._kept_bytes -= array.nbytes
+        fresh = array is None
         if array is None:  # allocate outside the lock: it may take a while
-            array = self._allocate((heads, max(capacity, fresh_capacity), head_dim), dtype)
+            array = self._allocate(tuple(shape), dtype)
         with self._lock:
-            if not fits:
-                self.allocations += 1
+            self.allocations += fresh
             self._in_use_bytes += array.nbytes
             self.peak_bytes = max(self.peak_bytes, self._in_use_bytes)
         return array

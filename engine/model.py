@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
@@ -11,12 +12,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from engine.cache import KVCache
-from engine.errors import ContextLengthError, PassCancelled
+from engine.errors import ContextLengthError, KVPagesLost, PassCancelled
 from engine.kvpool import ArrayPool
 
 if TYPE_CHECKING:
     from engine.models.base import BaseModelArgs, CausalLM
     from engine.tokenizer import Tokenizer
+
+log = logging.getLogger(__name__)
 
 # Tokens per prefill step. Bigger chunks make more efficient matmuls (1024 rows: ~30% less CPU than 512
 # on OpenBLAS), and each chunk widens bf16 weights for BLAS once (numpy_bf16): 2048 rows prefilled
@@ -93,11 +96,42 @@ class Model:
         yes, PassCancelled is raised with the current chunk taken back out of the cache.
         `progress(done, len(ids))` is called between layers too (done: the share of tokens whose pass
         is complete, counting layers), and once at the end with done == len(ids).
+        A page the cache maps from a block file that another process truncated or rewrote is found
+        before and after the pass (`KVCache.lost_from`): its positions and everything after them are
+        recomputed from the tokens the cache recorded, so nothing computed from lost numbers is returned.
         """
-        ids = list(ids)
-        self._check_room(len(ids), cache)
-        if len(ids) > self.prefill_chunk:  # room for every chunk at once, not a copy per doubling
-            cache.reserve(cache.offset + len(ids))
+        pending = list(ids)
+        self._check_room(len(pending), cache)
+        for _ in range(len(cache.pages) + 2):
+            pending = self._recompute_lost(cache, pending)
+            out = self._prefill(pending, cache, cancel, progress)
+            if cache.lost_from() is None:
+                return out
+            pending = []  # this pass read a page whose file changed: redo from that page on
+        raise KVPagesLost("KV pages kept being lost while recomputing them")
+
+    def _recompute_lost(self, cache: KVCache, ids: list[int]) -> list[int]:
+        lost = cache.lost_from()
+        if lost is None:
+            return ids
+        tokens = cache.tokens_between(lost, cache.offset)
+        if tokens is None:
+            raise KVPagesLost(
+                f"positions {lost}..{cache.offset} of the KV cache were lost (their block file changed "
+                "under the mapping) and their tokens are not known, so they cannot be recomputed"
+            )
+        log.warning("KV pages from position %d changed under their mapping; recomputing %d positions",
+                    lost, cache.offset - lost)  # fmt: skip
+        cache.trim(lost)
+        return tokens + ids
+
+    def _prefill(
+        self,
+        ids: list[int],
+        cache: KVCache,
+        cancel: Callable[[], bool] | None,
+        progress: Callable[[int, int], None] | None,
+    ) -> np.ndarray:
         for start in range(0, len(ids), self.prefill_chunk):
             chunk = ids[start : start + self.prefill_chunk]
             last = start + self.prefill_chunk >= len(ids)
@@ -107,7 +141,8 @@ class Model:
             except PassCancelled:
                 cache.trim(cache.offset)  # the layers before the check hold positions the last never got
                 raise
-            self.ops.eval(*([out] if last else []), *cache.keys, *cache.values)
+            cache.record_tokens(chunk)
+            self.ops.eval(*([out] if last else []), *cache.arrays())
         if progress is not None:
             progress(len(ids), len(ids))
         return self.ops.to_numpy(out)[0]

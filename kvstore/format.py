@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import struct
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import xxhash
@@ -150,15 +151,25 @@ def encode_block(
     return bytes(out)
 
 
-def decode_block(
-    data: bytes | bytearray | memoryview, key: bytes, expect: BlockSpace, kind: int
-) -> DecodedBlock:
-    """Check and parse block bytes; raise BlockFormatError saying what is wrong. Arrays view `data`."""
-    buf = memoryview(data)
-    if len(buf) < HEADER_LEN:
-        raise BlockFormatError(f"truncated header ({len(buf)} of {HEADER_LEN} bytes)")
+@dataclass(frozen=True)
+class Header:
+    kind: int
+    dtype: str
+    n_tokens: int
+    shape: tuple[int, int, int, int]  # [n_layers, n_kv_heads, n_tokens, head_dim]
+    group: int
+    n_scales: int
+    n_logits: int
+    payload_len: int
+
+
+def parse_header(head: bytes | memoryview, size: int, key: bytes, expect: BlockSpace, kind: int) -> Header:
+    """Check a block's header (the first HEADER_LEN bytes of a record of `size` bytes) against the key,
+    kind and space it is read for; raise BlockFormatError saying what is wrong."""
+    if len(head) < HEADER_LEN or size < HEADER_LEN:
+        raise BlockFormatError(f"truncated header ({min(len(head), size)} of {HEADER_LEN} bytes)")
     (magic, version, got_kind, code, n_tokens, n_layers, n_heads, head_dim, group, n_logits, fp, got_key,
-     payload_len) = _HEAD.unpack_from(buf)  # fmt: skip
+     payload_len) = _HEAD.unpack_from(head)  # fmt: skip
     if magic != MAGIC:
         raise BlockFormatError(f"bad magic {magic!r}")
     if version != FORMAT_VERSION:
@@ -172,35 +183,60 @@ def decode_block(
             f"shape layers={n_layers} heads={n_heads} dim={head_dim} does not match the model's "
             f"{expect.layers}/{expect.kv_heads}/{expect.head_dim}"
         )
-    if len(buf) != HEADER_LEN + payload_len:
-        raise BlockFormatError(f"truncated payload ({len(buf) - HEADER_LEN} of {payload_len} bytes)")
+    if size != HEADER_LEN + payload_len:
+        raise BlockFormatError(f"truncated payload ({size - HEADER_LEN} of {payload_len} bytes)")
     name = _DTYPE_BY_CODE.get(code)
     if name is None:
         raise BlockFormatError(f"unknown dtype code {code}")
-    np_dtype = DTYPES[name][1]
     count = n_layers * n_heads * n_tokens * head_dim
-    shape = (n_layers, n_heads, n_tokens, head_dim)
     n_scales = 0
     if name == "int8":
         if group <= 0 or head_dim % group:
             raise BlockFormatError(f"bad int8 group {group} for head_dim {head_dim}")
         n_scales = count // group
-    expected = 2 * (count * np_dtype.itemsize + n_scales * 2) + 4 * n_logits
+    expected = 2 * (count * DTYPES[name][1].itemsize + n_scales * 2) + 4 * n_logits
     if expected != payload_len:
         raise BlockFormatError(f"payload length {payload_len} does not match its shape ({expected})")
-    h = xxhash.xxh3_128(buf[: _HEAD.size])
-    h.update(buf[HEADER_LEN:])
-    if h.digest() != bytes(buf[_HEAD.size : HEADER_LEN]):
-        raise BlockFormatError("checksum mismatch")
+    shape = (n_layers, n_heads, n_tokens, head_dim)
+    return Header(got_kind, name, n_tokens, shape, group, n_scales, n_logits, payload_len)
+
+
+def checksum_of(head: bytes | memoryview) -> bytes:
+    return bytes(head[_HEAD.size : HEADER_LEN])
+
+
+def new_checksum(head: bytes | memoryview) -> Any:
+    """The running xxh3-128 of a block: the header before the checksum; the payload goes in next."""
+    return xxhash.xxh3_128(head[: _HEAD.size])
+
+
+def views(buf: Any, header: Header) -> DecodedBlock:
+    """K, V (and logits) of a checked block, viewing `buf` (int8 blocks: dequantized copies)."""
+    np_dtype = DTYPES[header.dtype][1]
+    shape, group = header.shape, header.group
+    count = shape[0] * shape[1] * shape[2] * shape[3]
     pos = HEADER_LEN
     arrays = []
     for _ in range(2):
         x = np.frombuffer(buf, np_dtype, count, pos).reshape(shape)
         pos += count * np_dtype.itemsize
-        if name == "int8":
-            scale = np.frombuffer(buf, "<f2", n_scales, pos).reshape(*shape[:3], head_dim // group)
-            pos += n_scales * 2
+        if header.dtype == "int8":
+            scale = np.frombuffer(buf, "<f2", header.n_scales, pos).reshape(*shape[:3], shape[3] // group)
+            pos += header.n_scales * 2
             x = dequantize_int8(x, scale, group)
         arrays.append(x)
-    logits = np.frombuffer(buf, "<f4", n_logits, pos) if n_logits else None
-    return DecodedBlock(arrays[0], arrays[1], n_tokens, logits)
+    logits = np.frombuffer(buf, "<f4", header.n_logits, pos) if header.n_logits else None
+    return DecodedBlock(arrays[0], arrays[1], header.n_tokens, logits)
+
+
+def decode_block(
+    data: bytes | bytearray | memoryview, key: bytes, expect: BlockSpace, kind: int
+) -> DecodedBlock:
+    """Check and parse block bytes; raise BlockFormatError saying what is wrong. Arrays view `data`."""
+    buf = memoryview(data)
+    header = parse_header(buf[:HEADER_LEN], len(buf), key, expect, kind)
+    h = new_checksum(buf)
+    h.update(buf[HEADER_LEN:])
+    if h.digest() != checksum_of(buf):
+        raise BlockFormatError("checksum mismatch")
+    return views(buf, header)

@@ -9,6 +9,11 @@ record keyed by the chain hash of the whole history, so a fully cached history n
 Reads take each block from the fastest tier that has a valid copy (and promote it to faster tiers);
 writes run on a background thread. A restore either extends the cache by a verified run of blocks or
 leaves it exactly as it was.
+
+A restored block is not copied into the cache: the cache appends it as a page (`append_block`) over the
+memory it arrived in, the block file mapped read-only (tiers/mapped.py), the bytes Redis sent, the
+memory tier's bytes. While a cache holds it, a verified block is also shared with every other restore of
+this store in the process (another session, a fork, the TUI switching back) without being read again.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
@@ -33,11 +39,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_BLOCK_SIZE = 64  # chosen by bench/kv_bench.py --block-sizes; see docs/benchmarks.md "KV blocks"
 _LOOKAHEAD = 3  # blocks fetched and verified ahead of the one being loaded into the cache
-# Positions a restore asks its cache to add when it allocates afresh (KVCache.reserve's headroom): the
-# new tokens and the reply then append without regrowing it. With one block of room, a resumed
-# 6,080-token history given 66 new tokens doubled its cache mid-prefill, copying 1.3 GB into fresh
-# memory: 5.7 s of an 8.3 s prefill (bench/resume_profile.py). Room never written is never touched.
-APPEND_HEADROOM = 4096
 
 
 class BlockTier(Protocol):
@@ -67,6 +68,21 @@ class Refs(Protocol):
     def remove(self, holder: str) -> bool: ...
     def pinned(self) -> set[str]: ...
     def holders(self) -> list[str]: ...
+
+
+class LiveBlock:
+    """A verified block that pages of this process's caches view (the cache keeps it alive; the store
+    finds it by key while some cache does). `mapping` and `intact` are what the engine checks on a page
+    over a mapped file (kvstore.tiers.mapped)."""
+
+    def __init__(self, block: DecodedBlock, source: Any, nbytes: int) -> None:
+        self.k, self.v, self.n_tokens, self.logits = block.k, block.v, block.n_tokens, block.logits
+        self.source, self.nbytes = source, nbytes
+        self.mapping = getattr(source, "mapping", None)
+
+    def intact(self) -> bool:
+        check = getattr(self.source, "intact", None)
+        return check() if check is not None else True
 
 
 @dataclass
@@ -104,6 +120,8 @@ class BlockStore:
         self._count_lock = threading.Lock()
         self._writer = BlockWriter(self._count)
         self._readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="kv-read")
+        self._live: weakref.WeakValueDictionary[str, LiveBlock] = weakref.WeakValueDictionary()
+        self._live_lock = threading.Lock()
 
     # -- restore ---------------------------------------------------------------------------------
     def restore(
@@ -123,7 +141,7 @@ class BlockStore:
         keys = chain_keys(space.identity, dtype, token_ids, self.block_size)
         first = start // self.block_size
         try:
-            self._load_blocks(space, cache, keys, first, len(token_ids), res)
+            self._load_blocks(space, cache, keys, first, token_ids, res)
             pos, total = cache.offset, len(token_ids)
             parent = keys[pos // self.block_size - 1] if pos >= self.block_size else None
             for end in sorted({total, history_len or 0}, reverse=True):
@@ -132,7 +150,7 @@ class BlockStore:
                 if end > total or end // self.block_size * self.block_size != pos or (end == pos < total):
                     continue
                 tkey = tail_key(space.identity, dtype, parent, token_ids[pos:end])
-                if self._load_tail(space, cache, tkey, end, total, res):
+                if self._load_tail(space, cache, tkey, token_ids[pos:end], end == total, res):
                     break
         except Exception as exc:  # e.g. a cache that rejects the arrays: all or nothing
             log.warning("KV restore failed (%s: %s); the cache is left as it was", type(exc).__name__, exc)
@@ -157,21 +175,29 @@ class BlockStore:
                 out.append([False] * len(keys))
         return out
 
-    def _fetch(self, space: BlockSpace, key: str, kind: int, tiers: list[int]) -> tuple[tuple | None, int]:
-        """The first valid copy of `key` among `tiers` (indices) as ((tier index, bytes, block) | None,
-        number of bad copies deleted on the way)."""
+    def _fetch(
+        self, space: BlockSpace, key: str, kind: int, tiers: list[int]
+    ) -> tuple[tuple[int, LiveBlock] | None, int]:
+        """The first valid copy of `key` among `tiers` (indices) as ((tier index, block) | None, number
+        of bad copies deleted on the way). A tier that can map its blocks (disk) gives them mapped."""
         dropped = 0
         for ti in tiers:
             tier = self.tiers[ti]
+            mapped = getattr(tier, "get_mapped", None)
             try:
-                data = tier.get(key)
+                data = mapped(key) if mapped is not None else tier.get(key)
             except Exception as exc:
                 log.warning("KV tier %s failed reading block %s (%s)", tier.name, key[:16], exc)
                 continue
             if data is None:
                 continue
             try:
-                block = decode_block(data, bytes.fromhex(key), space, kind)
+                if isinstance(data, BlockFormatError):
+                    raise data
+                if mapped is not None:
+                    block, nbytes = data.verified(bytes.fromhex(key), space, kind), data.size
+                else:
+                    block, nbytes = decode_block(data, bytes.fromhex(key), space, kind), len(data)
             except BlockFormatError as exc:
                 log.warning(
                     "KV block %s in tier %s dropped (%s); it will be recomputed", key[:16], tier.name, exc
@@ -182,94 +208,87 @@ class BlockStore:
                 except Exception as del_exc:
                     log.warning("could not delete bad block %s from %s: %s", key[:16], tier.name, del_exc)
                 continue
-            self._promote(key, data, ti)
-            return (ti, len(data), block), dropped
+            if mapped is None:  # a mapped file is not copied to memory: the page cache holds it
+                self._promote(key, data, ti)
+            live = LiveBlock(block, data, nbytes)
+            with self._live_lock:
+                self._live[key] = live
+            return (ti, live), dropped
         return None, dropped
 
+    def _shared(self, key: str) -> LiveBlock | None:
+        """A block some cache of this process still holds, unless its file changed under it."""
+        with self._live_lock:
+            live = self._live.get(key)
+        return live if live is not None and live.intact() else None
+
+    def _fetch_or_share(self, space: BlockSpace, key: str, kind: int, tiers: list[int]) -> tuple:
+        live = self._shared(key)
+        if live is not None:
+            return (-1, live), 0
+        return self._fetch(space, key, kind, tiers)
+
     def _load_blocks(
-        self, space: BlockSpace, cache: Any, keys: list[str], first: int, total: int, res: RestoreResult
+        self,
+        space: BlockSpace,
+        cache: Any,
+        keys: list[str],
+        first: int,
+        token_ids: list[int],
+        res: RestoreResult,
     ) -> None:
         presence = self._presence(keys[first:])
         run: list[tuple[str, list[int]]] = []
         for i, key in enumerate(keys[first:]):
             holders = [ti for ti in range(len(self.tiers)) if presence[ti][i]]
-            if not holders:
+            if not holders and self._shared(key) is None:
                 break
             run.append((key, holders))
-        reserve = getattr(cache, "reserve", None)
-        if run and reserve is not None:  # one allocation instead of doublings while blocks arrive
-            reserve(max(cache.offset + (len(run) + 1) * self.block_size, total), headroom=APPEND_HEADROOM)
-        # A cache that takes writes from several threads is filled by the reader threads themselves
-        # (converting float16/int8 blocks on the way): the copy into the cache then runs beside the
-        # reads instead of after them on this thread. Its length grows block by block, in order, once
-        # each block is verified and written, so it never covers a block that is not there.
-        base, parallel = cache.offset, bool(getattr(cache, "parallel_writes", False))
-        for i, (got, dropped) in enumerate(self._prefetched(space, run, cache if parallel else None)):
+        base = cache.offset
+        for i, (got, dropped) in enumerate(self._prefetched(space, run)):
             res.dropped += dropped
             if got is None:  # every copy of this block was bad: the run ends here
                 break
-            ti, nbytes, block = got
-            if parallel:
-                cache.commit(base + (i + 1) * self.block_size)
-            else:
-                self._extend(cache, block)
-            self._account(res, ti, nbytes, block.n_tokens)
+            ti, block = got
+            at = base + i * self.block_size
+            cache.append_block(block.k, block.v, token_ids[at : at + self.block_size], block)
+            self._account(res, ti, block.nbytes, block.n_tokens)
 
-    def _fetch_into(self, space: BlockSpace, key: str, holders: list[int], cache: Any, start: int) -> tuple:
-        got, dropped = self._fetch(space, key, KIND_BLOCK, holders)
-        if got is not None:
-            cache.write(start, got[2].k, got[2].v)
-        return got, dropped
-
-    def _prefetched(
-        self, space: BlockSpace, run: list[tuple[str, list[int]]], fill: Any = None
-    ) -> Iterator[tuple]:
-        """Fetch and verify blocks on reader threads, a few ahead of the caller, in order; with `fill`
-        (a cache), the readers also write each block at its place in it."""
-        # Futures leave the deque as their blocks are handed out: a finished future holds its block's
-        # bytes, and keeping them all until the end held a second copy of the whole history in memory
-        # (the restore of 8k float32 tokens then faulted in 1.9 GB of fresh pages and ran at half speed).
+    def _prefetched(self, space: BlockSpace, run: list[tuple[str, list[int]]]) -> Iterator[tuple]:
+        """Fetch and verify blocks on reader threads, a few ahead of the caller, in order."""
+        # Futures leave the deque as their blocks are handed out: a finished future holds its block, and
+        # keeping them all to the end would hold every block of a failed restore until it returns.
         pending: deque[Future] = deque()
-        base = fill.offset if fill is not None else 0
         try:
             for i in range(len(run) + _LOOKAHEAD):
                 if i < len(run):
                     key, holders = run[i]
-                    if fill is None:
-                        pending.append(self._readers.submit(self._fetch, space, key, KIND_BLOCK, holders))
-                    else:
-                        at = base + i * self.block_size
-                        pending.append(self._readers.submit(self._fetch_into, space, key, holders, fill, at))
+                    job = (self._fetch_or_share, space, key, KIND_BLOCK, holders)
+                    pending.append(self._readers.submit(*job))
                 if i >= _LOOKAHEAD:
                     yield pending.popleft().result()
         finally:
             for f in pending:
                 f.cancel()
-            # A reader still writing into the cache must be done before the caller prefills there.
             wait(pending)
 
     def _load_tail(
-        self, space: BlockSpace, cache: Any, key: str, end: int, total: int, res: RestoreResult
+        self, space: BlockSpace, cache: Any, key: str, tokens: list[int], last: bool, res: RestoreResult
     ) -> bool:
-        got, dropped = self._fetch(space, key, KIND_TAIL, list(range(len(self.tiers))))
+        got, dropped = self._fetch_or_share(space, key, KIND_TAIL, list(range(len(self.tiers))))
         res.dropped += dropped
         if got is None:
             return False
-        ti, nbytes, block = got
+        ti, block = got
         if block.n_tokens:
-            self._extend(cache, block)
-        self._account(res, ti, nbytes, block.n_tokens)
-        if end == total and block.logits is not None:
+            cache.append_block(block.k, block.v, tokens, block)
+        self._account(res, ti, block.nbytes, block.n_tokens)
+        if last and block.logits is not None:
             res.last_logits = np.array(block.logits, dtype=np.float32)
         return True
 
-    @staticmethod
-    def _extend(cache: Any, block: DecodedBlock) -> None:
-        # A float16 block goes in as is: the cache converts it layer by layer while copying.
-        cache.extend(block.k, block.v)
-
     def _account(self, res: RestoreResult, ti: int, nbytes: int, n_tokens: int) -> None:
-        name = self.tiers[ti].name
+        name = self.tiers[ti].name if ti >= 0 else "memory"  # -1: shared with a cache of this process
         res.cached_tokens += n_tokens
         res.by_tier[name] = res.by_tier.get(name, 0) + n_tokens
         res.bytes_read += nbytes

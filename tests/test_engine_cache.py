@@ -1,5 +1,5 @@
-"""KVCache: the contract's offset / update_and_fetch / export / extend / write + commit / trim, and
-linear growth."""
+"""KVCache: the contract's offset / update_and_fetch / export / extend / append_block / trim; growing
+appends pages and never copies; stored blocks become pages as they are."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def kv(rng: np.random.Generator, t: int) -> tuple[np.ndarray, np.ndarray]:
 @pytest.mark.parametrize("backend", ["numpy", "mlx"])
 def test_update_and_fetch_returns_everything_so_far(backend: str) -> None:
     ops = get_backend(backend)
-    cache = KVCache(ops, n_layers=2, n_kv_heads=2, head_dim=4)
+    cache = KVCache(ops, n_layers=2, n_kv_heads=2, head_dim=4, page_size=16)
     rng = np.random.default_rng(0)
     written = []
     for t in (5, 1, 300):
@@ -41,16 +41,15 @@ def test_update_and_fetch_returns_everything_so_far(backend: str) -> None:
     assert np.array_equal(ops.to_numpy(v_all), np.concatenate([x[1] for x in written], axis=1))
 
 
-def test_growth_is_geometric_not_per_step() -> None:
-    cache = KVCache(get_backend("numpy"), n_layers=1, n_kv_heads=2, head_dim=4, step=16)
-    one = np.zeros((2, 1, 4), np.float32)
-    capacities = set()
-    for _ in range(5000):
+def test_growing_appends_pages_and_never_moves_what_is_held() -> None:
+    cache = KVCache(get_backend("numpy"), n_layers=1, n_kv_heads=2, head_dim=4, page_size=16)
+    one = np.ones((2, 1, 4), np.float32)
+    cache.update_and_fetch(0, one, one)
+    first = cache.pages[0].k
+    for _ in range(4999):
         cache.update_and_fetch(0, one, one)
-        capacities.add(cache.capacity(0))
-    # Each reallocation at least doubles: 16 -> 5000 tokens takes at most ~9 copies, never one per step.
-    assert len(capacities) <= 10
-    assert cache.capacity(0) < 2 * 5000 + 16
+    assert len(cache.pages) == -(-5000 // 16) and cache.capacity() == len(cache.pages) * 16
+    assert cache.pages[0].k is first  # the first page was never reallocated or copied
 
 
 def test_export_extend_round_trip_restores_the_same_logits(tiny_model: TinyModels) -> None:
@@ -99,36 +98,53 @@ def test_out_of_range_export_trim_and_extend_are_refused() -> None:
         cache.extend(np.zeros((1, 2, 3, 4), np.float32), np.zeros((1, 2, 3, 4), np.float32))
 
 
-def test_writes_from_several_threads_then_commit_equal_extend() -> None:
-    """A restore's reader threads fill disjoint ranges of a reserved numpy cache, out of order; the
-    length covers them only once committed."""
+def block(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+    shape = (2, 2, n, 4)
+    return rng.standard_normal(shape).astype(np.float32), rng.standard_normal(shape).astype(np.float32)
+
+
+def test_a_stored_block_becomes_a_page_without_a_copy() -> None:
     rng = np.random.default_rng(5)
-    blocks = [rng.standard_normal((2, 2, 8, 4)).astype(np.float32) for _ in range(4)]
-    filled = KVCache(get_backend("numpy"), n_layers=2, n_kv_heads=2, head_dim=4)
-    assert filled.parallel_writes
-    filled.reserve(32)
-    for i in (2, 0, 3, 1):
-        filled.write(8 * i, blocks[i], -blocks[i])
-    assert filled.offset == 0
-    filled.commit(32)
-    extended = KVCache(get_backend("numpy"), n_layers=2, n_kv_heads=2, head_dim=4)
-    for b in blocks:
-        extended.extend(b, -b)
-    got, want = filled.export(0, 32), extended.export(0, 32)
-    assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
+    cache = KVCache(get_backend("numpy"), n_layers=2, n_kv_heads=2, head_dim=4, page_size=16)
+    k, v = block(rng, 8)
+    k.flags.writeable = v.flags.writeable = False  # as the bytes of a received block are
+    assert cache.append_block(k, v, list(range(8)))
+    assert cache.pages[0].k is k and not cache.pages[0].writable and cache.offset == 8
+    assert cache.tokens_between(0, 8) == list(range(8))
+    got_k, _ = cache.export(0, 8)
+    assert np.array_equal(got_k, k)
 
 
-def test_writes_and_commits_beyond_the_reserved_room_are_refused() -> None:
-    cache = KVCache(get_backend("numpy"), n_layers=2, n_kv_heads=2, head_dim=4, step=16)
-    cache.reserve(16)
-    block = np.zeros((2, 2, 8, 4), np.float32)
-    with pytest.raises(ValueError, match="reserved"):
-        cache.write(12, block, block)
-    with pytest.raises(ValueError, match="reserved"):
-        cache.commit(17)
-    with pytest.raises(ValueError, match="shape"):
-        cache.write(0, block[:1], block[:1])
+def test_blocks_that_cannot_be_pages_are_copied() -> None:
+    rng = np.random.default_rng(6)
+    cache = KVCache(get_backend("numpy"), n_layers=2, n_kv_heads=2, head_dim=4, page_size=16)
+    cache.extend(*block(rng, 3))  # a partly filled page of the cache's own: a block cannot follow it
+    k, v = block(rng, 8)
+    assert not cache.append_block(k, v)
+    assert not cache.append_block(k.astype(np.float16), v.astype(np.float16))  # another dtype
+    assert cache.offset == 19 and cache.shared_pages == 0
+    assert np.array_equal(cache.export(3, 11)[0], k)
 
 
-def test_only_numpy_caches_take_writes_from_several_threads() -> None:
-    assert not KVCache(get_backend("mlx"), n_layers=1, n_kv_heads=1, head_dim=4).parallel_writes
+def test_writing_after_a_trim_into_a_stored_block_copies_that_page_only() -> None:
+    rng = np.random.default_rng(7)
+    cache = KVCache(get_backend("numpy"), n_layers=2, n_kv_heads=2, head_dim=4, page_size=16)
+    blocks = [block(rng, 8) for _ in range(2)]
+    for k, v in blocks:
+        assert cache.append_block(k.copy(), v.copy())
+    first = cache.pages[0].k
+    stored = cache.pages[1].k.copy()
+    cache.trim(12)
+    new = np.full((2, 1, 4), 9.0, np.float32)
+    for layer in range(2):
+        cache.update_and_fetch(layer, new, new)
+    assert cache.pages[0].k is first and cache.pages[1].writable and cache.shared_pages == 1
+    assert np.array_equal(cache.export(8, 12)[0], stored[:, :, :4])  # the kept rows, copied
+    assert np.array_equal(cache.pages[1].k[:, :, 4], np.full((2, 2, 4), 9.0))
+
+
+def test_mlx_copies_stored_blocks_into_its_own_arrays() -> None:
+    cache = KVCache(get_backend("mlx"), n_layers=2, n_kv_heads=2, head_dim=4, page_size=16)
+    k, v = block(np.random.default_rng(8), 8)
+    assert not cache.append_block(k, v)
+    assert np.array_equal(cache.export(0, 8)[0], k)

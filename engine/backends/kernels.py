@@ -30,6 +30,8 @@ SOURCE_DIR = Path(__file__).parent  # every *.c here is one library; kernels.h i
 
 def sources() -> list[Path]:
     return sorted(SOURCE_DIR.glob("*.c"))
+
+
 FLAGS = ["-O3", "-march=native", "-fopenmp-simd", "-ffp-contract=fast", "-fPIC", "-shared", "-pthread"]
 _P, _I, _F = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float  # arrays go in as arr.ctypes.data
 SIGNATURES = {
@@ -41,6 +43,13 @@ SIGNATURES = {
     "gemv_bf16": [_P, _P, _P, _I, _I, _I],
     "widen_bf16": [_P, _P, _I, _I],
     "attend_one": [_P, _P, _P, _P, _P, _I, _I, _I, _I, _I, _F, _I],
+    # kernels_paged.c (the guard's functions return int64: engine/pages.py sets their restype)
+    "attend_paged": [_P, _P, _P, _P, _P, _I, _I, _P, _P, _I, _I, _I, _I, _F, _I],
+    "gather_pages": [_P, _P, _P, _P, _I, _I, _P, _P, _I, _I, _I, _I],
+    "guard_range": [_I, _I],
+    "guard_release": [_I],
+    "guard_lost": [_I],
+    "guard_lost_all": [],
 }
 
 _lock = threading.Lock()

@@ -1,5 +1,10 @@
 """The numpy backend's scaled dot-product attention: decode in C over the KV cache, prefill in causal row
-blocks, each core on its own kv heads when BLAS can be held to one thread (blas_threads)."""
+blocks, each core on its own kv heads when BLAS can be held to one thread (blas_threads).
+
+Keys and values come as arrays or as a paged cache's `PagedLayer`s (engine.pages): decode then reads the
+pages in place (kernels_paged.c, the same arithmetic as over contiguous rows, so the same bits); prefill
+gathers them into a reused contiguous scratch first, since its BLAS products need one (a copy of the
+history per layer and chunk, at memory speed: small beside the products themselves)."""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ import numpy as np
 
 from engine.backends import blas_threads, kernels, numpy_threads
 from engine.backends.numpy_threads import address, dense_f32, parallel, row_blocks
+from engine.pages import PagedLayer
 
 SCORES_BUDGET_BYTES = 128 << 20  # attention scores held at once; bigger prefills go in row blocks
 ATTENTION_ROWS = 256  # query rows per block: big enough for efficient matmuls, small enough to skip
@@ -33,7 +39,9 @@ def _scores_buffer(n: int) -> np.ndarray:
     return buf[:n]
 
 
-def sdpa(q: np.ndarray, k: np.ndarray, v: np.ndarray, scale: float, causal_offset: int) -> np.ndarray:
+def sdpa(
+    q: np.ndarray, k: np.ndarray | PagedLayer, v: np.ndarray | PagedLayer, scale: float, causal_offset: int
+) -> np.ndarray:
     """Causal attention. q [H, T, D]; k, v [Hkv, S, D]; query t sees keys 0..causal_offset+t.
 
     Grouped-query heads are folded into the row dimension (q head h uses kv head h // G, as HF's
@@ -46,6 +54,8 @@ def sdpa(q: np.ndarray, k: np.ndarray, v: np.ndarray, scale: float, causal_offse
     product with v (measured ~25% faster at 2048 tokens than every product split over both cores;
     see blas_threads for when it is possible).
     """
+    if isinstance(k, PagedLayer) or isinstance(v, PagedLayer):
+        return _paged(q, k, v, scale, causal_offset)
     h, t, d = q.shape
     hkv, s, _ = k.shape
     g = h // hkv
@@ -79,6 +89,26 @@ def sdpa(q: np.ndarray, k: np.ndarray, v: np.ndarray, scale: float, causal_offse
     with blas_threads.single_threaded():
         parallel(one_head, list(range(hkv)))
     return out.reshape(h, t, d)
+
+
+def _paged(q: np.ndarray, k: PagedLayer, v: PagedLayer, scale: float, causal_offset: int) -> np.ndarray:
+    """sdpa over a page table: one new position in C over the pages in place, else on the gathered rows."""
+    if not (isinstance(k, PagedLayer) and isinstance(v, PagedLayer) and k.table is v.table and k.side == 0):
+        raise TypeError("paged attention takes the keys and values PagedLayers of one cache layer")
+    h, t, d = q.shape
+    s = k.length
+    lib = kernels.load()
+    if t == 1 and causal_offset + 1 == s and lib is not None and dense_f32(q) and k.dtype == np.float32:
+        out = np.empty((h, 1, d), dtype=np.float32)
+        tb = k.table
+        table = (tb.kbase.ctypes.data, tb.vbase.ctypes.data, tb.start.ctypes.data, tb.cap.ctypes.data)
+        scratch = address(_scores_buffer(h * s))
+        shape = (h, k.kv_heads, s, d)
+        lib.attend_paged(address(q), *table, len(tb.pages), k.layer, address(out), scratch, *shape, scale,
+                         numpy_threads.DECODE_THREADS)  # fmt: skip
+        return out
+    keys, values = k.gather()
+    return sdpa(q, keys, values, scale, causal_offset)
 
 
 def _kv_rows(k: np.ndarray, d: int) -> bool:

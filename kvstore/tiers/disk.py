@@ -14,6 +14,9 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from kvstore.format import BlockFormatError
+from kvstore.tiers.mapped import MappedBlock
+
 log = logging.getLogger(__name__)
 
 
@@ -110,6 +113,21 @@ class DiskTier:
         with self._lock, self._db:
             self._db.execute("UPDATE blocks SET last_used = ? WHERE key = ?", (time.time(), key))
         return data
+
+    def get_mapped(self, key: str) -> MappedBlock | BlockFormatError | None:
+        """The block file mapped read-only (not yet verified: MappedBlock.verified), a BlockFormatError
+        for a file that cannot be a block (empty), or None when there is none."""
+        try:
+            block: MappedBlock | BlockFormatError = MappedBlock(self._path(key))
+        except FileNotFoundError:
+            with self._lock, self._db:
+                self._db.execute("DELETE FROM blocks WHERE key = ?", (key,))
+            return None
+        except BlockFormatError as exc:
+            block = exc
+        with self._lock, self._db:
+            self._db.execute("UPDATE blocks SET last_used = ? WHERE key = ?", (time.time(), key))
+        return block
 
     def put(self, key: str, data: bytes) -> None:
         if len(data) > self.budget_bytes:
