@@ -89,8 +89,10 @@ def _resume(model_dir: str, ids_json: str) -> None:
     cache = model.make_cache()
     res = store.restore(space_of(model), cache, ids)
     last = res.last_logits if res.last_logits is not None else model.forward(ids[cache.offset :], cache)
-    tokens, _ = greedy(model, cache, last, 12)
-    print(json.dumps({"cached_tokens": res.cached_tokens, "by_tier": res.by_tier, "tokens": tokens}))
+    shared = cache.shared_pages
+    tokens, logits = greedy(model, cache, last, 12)
+    print(json.dumps({"cached_tokens": res.cached_tokens, "by_tier": res.by_tier, "tokens": tokens,
+                      "shared_pages": shared, "logits": [x.tolist() for x in [last, *logits]]}))  # fmt: skip
 
 
 if __name__ == "__main__":

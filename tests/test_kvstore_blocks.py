@@ -109,7 +109,11 @@ def test_resume_in_a_new_process(model, workbench_env, redis_client) -> None:
     )
     child = json.loads(out.stdout)
     assert child["cached_tokens"] == len(ids) and child["by_tier"] == {"disk": len(ids)}
-    assert child["tokens"] == reference(model, ids, 12)[1]
+    assert child["shared_pages"] == 4  # three blocks and the tail, mapped from their files
+    ref_last, ref_tokens, ref_logits = reference(model, ids, 12)
+    assert child["tokens"] == ref_tokens
+    for got, want in zip(child["logits"], [ref_last, *ref_logits], strict=True):
+        assert np.abs(np.array(got, np.float32) - want).max() <= 1e-4
 
 
 def test_blocks_survive_a_redis_restart_with_aof_and_recompute_without(model, tmp_path) -> None:
