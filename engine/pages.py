@@ -22,8 +22,6 @@ from typing import Any
 
 import numpy as np
 
-from engine.backends import kernels
-
 
 @dataclass(eq=False)
 class Page:
@@ -50,9 +48,11 @@ _slots: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
 
 
 def _guard_lib() -> ctypes.CDLL | None:
+    from engine.backends import kernels  # here: `python -m engine.backends.kernels` imports engine first
+
     lib = kernels.load()
     if lib is not None and lib.guard_range.restype is not ctypes.c_int64:
-        for name in ("guard_range", "guard_lost", "guard_lost_all"):
+        for name in ("guard_range", "guard_lost"):
             getattr(lib, name).restype = ctypes.c_int64
     return lib
 
@@ -147,11 +147,11 @@ class PagedLayer:
             k, v = _gather_buffers(shape)
         else:
             k, v = np.empty(shape, self.dtype), np.empty(shape, self.dtype)
+        from engine.backends import kernels, numpy_threads
+
         lib = kernels.load()
         t = self.table
         if lib is not None and self.dtype == np.float32 and self.length:
-            from engine.backends import numpy_threads
-
             lib.gather_pages(
                 t.kbase.ctypes.data, t.vbase.ctypes.data, t.start.ctypes.data, t.cap.ctypes.data,
                 len(t.pages), self.layer, k.ctypes.data, v.ctypes.data, self.kv_heads, self.length,

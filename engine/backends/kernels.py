@@ -49,7 +49,6 @@ SIGNATURES = {
     "guard_range": [_I, _I],
     "guard_release": [_I],
     "guard_lost": [_I],
-    "guard_lost_all": [],
 }
 
 _lock = threading.Lock()

@@ -188,7 +188,6 @@ void gather_pages(const int64_t *kbase, const int64_t *vbase, const int64_t *sta
 
 static _Atomic uintptr_t guard_lo[GUARD_SLOTS], guard_hi[GUARD_SLOTS];
 static _Atomic int64_t guard_lost_count[GUARD_SLOTS];
-static _Atomic int64_t guard_lost_total;
 static struct sigaction previous_bus;
 static pthread_mutex_t guard_lock = PTHREAD_MUTEX_INITIALIZER;
 static int guard_installed;
@@ -203,7 +202,6 @@ static void on_sigbus(int sig, siginfo_t *info, void *uctx) {
                               -1, 0);
             if (zero != MAP_FAILED) {
                 atomic_fetch_add(&guard_lost_count[i], 1);
-                atomic_fetch_add(&guard_lost_total, 1);
                 return;
             }
         }
@@ -255,6 +253,3 @@ void guard_release(int64_t slot) {
 int64_t guard_lost(int64_t slot) {
     return slot < 0 || slot >= GUARD_SLOTS ? 0 : atomic_load(&guard_lost_count[slot]);
 }
-
-/* Pages lost in every range so far: a cache compares it with what it saw last before looking closer. */
-int64_t guard_lost_all(void) { return atomic_load(&guard_lost_total); }
