@@ -227,6 +227,7 @@ def main() -> None:
     p.add_argument("--new", type=int, default=16)
     p.add_argument("--dir", help="keep the checkpoint and GGUF here (reused when present)")
     p.add_argument("--contiguous-root", default="/work/main", help="a checkout with the contiguous cache")
+    p.add_argument("--decode-at", default="512,2048,8192", help="positions to time a decode step after")
     p.add_argument("--write", action="store_true", help="write the table to docs/benchmarks.md")
     args = p.parse_args()
     limits = machine.measure_limits()
@@ -259,8 +260,9 @@ def measure(args: argparse.Namespace, model_dir: str, work: Path, gguf: str, soc
     r: dict = {"cold": run("cold", model_dir, kv, sock, n)}
     for tier in ("disk", "dropped", "redis"):
         r[tier] = run("resume", model_dir, kv, sock, n, tier, new)
-    r["paged_decode"] = run("decode", model_dir, n)
-    r["contiguous_decode"] = run("decode", model_dir, n, root=Path(args.contiguous_root))
+    for at in args.decode_at.split(","):
+        r[f"paged_decode_{at}"] = run("decode", model_dir, at)
+        r[f"contiguous_decode_{at}"] = run("decode", model_dir, at, root=Path(args.contiguous_root))
     state = str(work / "llama.state")
     try:
         r["llama_cold"] = run("llama_cold", gguf, n, state)
@@ -306,12 +308,23 @@ def table(args: argparse.Namespace, limits: dict, r: dict) -> str:
         f"| the same 64 tokens into an empty cache | {r['disk']['empty64_s']:.2f} s |",
         f"| decode step after {r['disk']['positions']} positions, restored (mapped pages) | "
         f"{r['disk']['decode_step_s'] * 1e3:.1f} ms |",
-        f"| decode step at {args.tokens}, paged cache (own pages) | "
-        f"{r['paged_decode']['decode_step_s'] * 1e3:.1f} ms |",
-        f"| decode step at {args.tokens}, contiguous cache (main) | "
-        f"{r['contiguous_decode']['decode_step_s'] * 1e3:.1f} ms |",
+        "",
+        "| decode step after | paged cache | contiguous cache (main) | contiguous / paged |",
+        "|---:|---:|---:|---:|",
+        *decode_rows(r, args.decode_at.split(",")),
     ]
     return "\n".join(lines) + "\n"
+
+
+def decode_rows(r: dict, ats: list[str]) -> list[str]:
+    rows = []
+    for at in ats:
+        paged, contiguous = (
+            r[f"paged_decode_{at}"]["decode_step_s"],
+            r[f"contiguous_decode_{at}"]["decode_step_s"],
+        )
+        rows.append(f"| {at} | {paged * 1e3:.1f} ms | {contiguous * 1e3:.1f} ms | {contiguous / paged:.2f} |")
+    return rows
 
 
 if __name__ == "__main__":
