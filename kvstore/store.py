@@ -21,7 +21,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import weakref
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
@@ -30,8 +29,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from kvstore.format import DTYPES, KIND_BLOCK, KIND_TAIL, BlockFormatError, DecodedBlock, decode_block
+from kvstore.format import DTYPES, KIND_BLOCK, KIND_TAIL, BlockFormatError, decode_block
 from kvstore.keys import chain_keys, storage_dtype, tail_key
+from kvstore.live import LiveBlock, LiveBlocks
 from kvstore.space import BlockSpace
 from kvstore.writer import BlockWriter, EncodeJob, RawJob
 
@@ -70,21 +70,6 @@ class Refs(Protocol):
     def holders(self) -> list[str]: ...
 
 
-class LiveBlock:
-    """A verified block that pages of this process's caches view (the cache keeps it alive; the store
-    finds it by key while some cache does). `mapping` and `intact` are what the engine checks on a page
-    over a mapped file (kvstore.tiers.mapped)."""
-
-    def __init__(self, block: DecodedBlock, source: Any, nbytes: int) -> None:
-        self.k, self.v, self.n_tokens, self.logits = block.k, block.v, block.n_tokens, block.logits
-        self.source, self.nbytes = source, nbytes
-        self.mapping = getattr(source, "mapping", None)
-
-    def intact(self) -> bool:
-        check = getattr(self.source, "intact", None)
-        return check() if check is not None else True
-
-
 @dataclass
 class RestoreResult:
     cached_tokens: int = 0  # positions added to the cache
@@ -120,8 +105,7 @@ class BlockStore:
         self._count_lock = threading.Lock()
         self._writer = BlockWriter(self._count)
         self._readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="kv-read")
-        self._live: weakref.WeakValueDictionary[str, LiveBlock] = weakref.WeakValueDictionary()
-        self._live_lock = threading.Lock()
+        self._live = LiveBlocks()
 
     # -- restore ---------------------------------------------------------------------------------
     def restore(
@@ -210,20 +194,11 @@ class BlockStore:
                 continue
             if mapped is None:  # a mapped file is not copied to memory: the page cache holds it
                 self._promote(key, data, ti)
-            live = LiveBlock(block, data, nbytes)
-            with self._live_lock:
-                self._live[key] = live
-            return (ti, live), dropped
+            return (ti, self._live.add(key, LiveBlock(block, data, nbytes))), dropped
         return None, dropped
 
-    def _shared(self, key: str) -> LiveBlock | None:
-        """A block some cache of this process still holds, unless its file changed under it."""
-        with self._live_lock:
-            live = self._live.get(key)
-        return live if live is not None and live.intact() else None
-
     def _fetch_or_share(self, space: BlockSpace, key: str, kind: int, tiers: list[int]) -> tuple:
-        live = self._shared(key)
+        live = self._live.get(key)
         if live is not None:
             return (-1, live), 0
         return self._fetch(space, key, kind, tiers)
@@ -241,7 +216,7 @@ class BlockStore:
         run: list[tuple[str, list[int]]] = []
         for i, key in enumerate(keys[first:]):
             holders = [ti for ti in range(len(self.tiers)) if presence[ti][i]]
-            if not holders and self._shared(key) is None:
+            if not holders and self._live.get(key) is None:
                 break
             run.append((key, holders))
         base = cache.offset
