@@ -53,6 +53,13 @@ static inline const float *row_at(const struct page_table *t, const int64_t *bas
 
 #define AHEAD 12
 
+/* The row AHEAD rows on: in this page, or at the start of the next one (pages are separate buffers, so
+ * the hardware prefetcher has to find each page's start anew; asking for it keeps the stream going). */
+static inline const float *prefetch_row(const float *page, const float *next, int64_t r, int64_t rows,
+                                        int64_t D) {
+    return r + AHEAD < rows ? page + (r + AHEAD) * D : next + (r + AHEAD - rows) * D;
+}
+
 /* attend_group of kernels.c, rows found through the page table; the prefetch stays within a page. */
 static inline __attribute__((always_inline)) void paged_group(const float *restrict q, const struct page_table *t,
                                                               int64_t j, float *restrict o, float *restrict p,
@@ -62,10 +69,12 @@ static inline __attribute__((always_inline)) void paged_group(const float *restr
     for (int64_t g = 0; g < G; g++) peak[g] = -INFINITY, sum[g] = 0.0f;
     for (int64_t i = 0, s = 0; i < t->pages && s < S; i++) {
         const float *restrict K = row_at(t, t->kbase, i, j);
+        const float *next = i + 1 < t->pages ? row_at(t, t->kbase, i + 1, j) : K;
         const int64_t rows = t->cap[i] < S - s ? t->cap[i] : S - s;
         for (int64_t r = 0; r < rows; r++, s++) {
             const float *restrict row = K + r * D;
-            for (int64_t x = 0; x < D; x += 16) __builtin_prefetch(row + AHEAD * D + x);
+            const float *ahead = prefetch_row(K, next, r, rows, D);
+            for (int64_t x = 0; x < D; x += 16) __builtin_prefetch(ahead + x);
             for (int64_t g = 0; g < G; g++) {
                 const float *restrict qg = q + g * D;
                 float acc = 0.0f;
@@ -92,10 +101,12 @@ static inline __attribute__((always_inline)) void paged_group(const float *restr
     for (int64_t x = 0; x < G * D; x++) o[x] = 0.0f;
     for (int64_t i = 0, s = 0; i < t->pages && s < S; i++) {
         const float *restrict V = row_at(t, t->vbase, i, j);
+        const float *next = i + 1 < t->pages ? row_at(t, t->vbase, i + 1, j) : V;
         const int64_t rows = t->cap[i] < S - s ? t->cap[i] : S - s;
         for (int64_t r = 0; r < rows; r++, s++) {
             const float *restrict row = V + r * D;
-            for (int64_t x = 0; x < D; x += 16) __builtin_prefetch(row + AHEAD * D + x);
+            const float *ahead = prefetch_row(V, next, r, rows, D);
+            for (int64_t x = 0; x < D; x += 16) __builtin_prefetch(ahead + x);
             for (int64_t g = 0; g < G; g++) {
                 const float w = p[g * S + s];
                 float *restrict og = o + g * D;
