@@ -99,6 +99,16 @@ class PageTable:
     cap: np.ndarray
     pages: tuple[Page, ...]  # keeps the memory alive while a kernel reads it
 
+    @property
+    def addresses(self) -> tuple[int, int, int, int]:
+        """The four arrays' addresses, as the C kernels take them (computed once per table: numpy's
+        .ctypes costs microseconds, and decode asks for them in every layer)."""
+        cached = self.__dict__.get("_addresses")
+        if cached is None:
+            cached = tuple(a.ctypes.data for a in (self.kbase, self.vbase, self.start, self.cap))
+            object.__setattr__(self, "_addresses", cached)
+        return cached
+
     @staticmethod
     def of(pages: list[Page], starts: list[int]) -> PageTable:
         return PageTable(
@@ -153,7 +163,7 @@ class PagedLayer:
         t = self.table
         if lib is not None and self.dtype == np.float32 and self.length:
             lib.gather_pages(
-                t.kbase.ctypes.data, t.vbase.ctypes.data, t.start.ctypes.data, t.cap.ctypes.data,
+                *t.addresses,
                 len(t.pages), self.layer, k.ctypes.data, v.ctypes.data, self.kv_heads, self.length,
                 self.head_dim, numpy_threads.DECODE_THREADS,
             )  # fmt: skip

@@ -101,7 +101,7 @@ def _paged(q: np.ndarray, k: PagedLayer, v: PagedLayer, scale: float, causal_off
     if t == 1 and causal_offset + 1 == s and lib is not None and dense_f32(q) and k.dtype == np.float32:
         out = np.empty((h, 1, d), dtype=np.float32)
         tb = k.table
-        table = (tb.kbase.ctypes.data, tb.vbase.ctypes.data, tb.start.ctypes.data, tb.cap.ctypes.data)
+        table = tb.addresses
         scratch = address(_scores_buffer(h * s))
         shape = (h, k.kv_heads, s, d)
         lib.attend_paged(address(q), *table, len(tb.pages), k.layer, address(out), scratch, *shape, scale,
