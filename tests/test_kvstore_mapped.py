@@ -122,3 +122,13 @@ def test_forks_share_the_pages_of_their_common_history(model, workbench_env, red
     assert all(cache_a.pages[i].k is cache_b.pages[i].k for i in range(3))
     assert_exact(model, a, *rest_a)
     assert_exact(model, b, *rest_b)
+
+
+def test_without_the_c_guard_mapped_blocks_are_copied_not_viewed(model, workbench_env, monkeypatch) -> None:
+    from engine.backends import kernels
+
+    tier, ids, _ = saved(model, workbench_env, 3 * BS + 7)
+    monkeypatch.setattr(kernels, "load", lambda: None)  # as with WORKBENCH_NO_KERNELS
+    res, mapped, last, tokens, logits, _ = resume(model, store_with([tier]), ids)
+    assert res.cached_tokens == len(ids) and mapped == 0  # nothing could be guarded: every block copied
+    assert_exact(model, ids, last, tokens, logits)
