@@ -41,6 +41,9 @@ SIGNATURES = {
     "gemv_bf16": [_P, _P, _P, _I, _I, _I],
     "widen_bf16": [_P, _P, _I, _I],
     "attend_one": [_P, _P, _P, _P, _P, _I, _I, _I, _I, _I, _F, _I],
+    "gemv_quant": [_P, _P, _P, _I, _P, _P, _I, _I, _I, _I, _I, _I],
+    "dequant_rows": [_P, _P, _P, _I, _P, _I, _I, _I, _I, _I],
+    "quant_vector_path": [],
 }
 
 _lock = threading.Lock()
