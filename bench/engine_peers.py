@@ -3,6 +3,7 @@
     python -m bench.engine_peers            # prefill 512, decode 32 after 512, 2 rounds
     python -m bench.engine_peers --prefill 512,2048 --rounds 2
     python -m bench.engine_peers --engines q8,q4   # only the quantized pairs
+    python -m bench.engine_peers --before /tmp/main-tree  # + that checkout's numpy bf16: before/after
 
 Each engine runs alone in its own long-lived process: engine numpy on the bf16 checkpoint and on its
 MLX 8-bit and 4-bit copies (mx.quantize, groups of 64, as mlx-lm writes them, bench/mlx_quant.py);
@@ -72,9 +73,13 @@ def _serve(kind: str, path: str, context: int) -> None:
 
 
 class Worker:
-    def __init__(self, kind: str, path: Path, context: int) -> None:
+    def __init__(self, kind: str, path: Path, context: int, tree: Path = ROOT) -> None:
+        """`tree`: the checkout whose engine the worker imports (another one for a before/after run)."""
         cmd = [sys.executable, "-m", "bench.engine_peers", "--serve", kind, str(path), str(context)]
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        env = {**os.environ, "PYTHONPATH": str(tree)}
+        self.proc = subprocess.Popen(
+            cmd, cwd=tree, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
         self.info = self._read()
 
     def _read(self) -> dict:
@@ -102,15 +107,17 @@ def run(args: argparse.Namespace, tmp: Path) -> tuple[dict, dict, dict]:
     kinds = [peer.split()[-1] for _, peer in pairs]
     ggufs = llama_peer.gguf_models(model_dir, tmp, kinds)
     context = max([*args.prefill, args.decode_after]) + args.decode_steps + 16
-    engines: dict[str, tuple[str, Path]] = {}
+    engines: dict[str, tuple[str, Path, Path]] = {}
+    if args.before:  # the same bf16 checkpoint on another checkout's engine, first in every round
+        engines["numpy bf16 before"] = ("numpy", model_dir, args.before.resolve())
     for (ours, quant), peer in pairs:
         ours_dir = model_dir
         if quant is not None:
             ours_dir = tmp / ours.replace(" ", "-")
             write_quantized(model_dir, ours_dir, *quant)
-        engines[ours] = ("numpy", ours_dir)
-        engines[peer] = ("llama", ggufs[peer.split()[-1]])
-    workers = {name: Worker(kind, path, context) for name, (kind, path) in engines.items()}
+        engines[ours] = ("numpy", ours_dir, ROOT)
+        engines[peer] = ("llama", ggufs[peer.split()[-1]], ROOT)
+    workers = {name: Worker(kind, path, context, tree) for name, (kind, path, tree) in engines.items()}
     tasks = [{"op": "prefill", "n": n} for n in args.prefill]
     tasks.append({"op": "decode", "after": args.decode_after, "steps": args.decode_steps})
     speeds: dict[str, dict[str, list[float]]] = {name: {} for name in workers}
@@ -133,8 +140,9 @@ def render(speeds: dict, infos: dict, limits: dict, args: argparse.Namespace) ->
     lines = [
         f"## {args.heading}",
         "",
-        f"`python -m bench.engine_peers`: llama-cpp-python {llama_peer.llama_cpp_version()}, {THREADS} "
-        f"threads, {args.rounds} rounds interleaved, decode: median of {args.decode_steps} steps.",
+        f"`python -m bench.engine_peers {' '.join(sys.argv[1:])}`: "
+        f"llama-cpp-python {llama_peer.llama_cpp_version()}, {THREADS} threads, {args.rounds} rounds "
+        f"interleaved, decode: median of {args.decode_steps} steps.",
         "",
         "| tok/s (min-max) | " + " | ".join(speeds) + " |",
         "| --- |" + " ---: |" * len(speeds),
@@ -180,6 +188,9 @@ def main() -> None:
         "--engines",
         default="bf16,q8,q4",
         help=f"comma-separated pairs of ours and llama.cpp's: {', '.join(PAIRS)}",
+    )
+    parser.add_argument(
+        "--before", type=Path, help="another checkout (e.g. `git archive main` unpacked): its numpy bf16 too"
     )
     parser.add_argument("--write-doc", action="store_true", help="replace the section in docs/benchmarks.md")
     parser.add_argument(

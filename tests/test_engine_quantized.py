@@ -80,6 +80,15 @@ def test_decode_product_reads_packed_weights(
     assert np.abs(portable - expected).max() <= tolerance
 
 
+@pytest.mark.parametrize("bits", [4, 8])
+def test_decode_product_with_columns_not_a_multiple_of_64(bits: int) -> None:
+    """160 columns in groups of 32: the 4-bit loop over blocks of 64 columns does not apply."""
+    weight, values = quantized(70, 160, 32, bits, "float16")
+    x = rng.standard_normal((1, 160)).astype(np.float32)
+    expected = x.astype(np.float64) @ values.T.astype(np.float64)
+    assert np.abs(numpy_backend.linear(x, weight) - expected).max() <= 1e-5 * max(1.0, np.abs(expected).max())
+
+
 def test_this_machine_takes_the_vector_path() -> None:
     lib = kernels.load()
     assert lib is not None
