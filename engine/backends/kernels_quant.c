@@ -255,17 +255,44 @@ void gemv_quant(const uint32_t *w, const void *scales, const void *biases, int64
     if (xperm && xperm != perm_stack) free(xperm);
 }
 
+/* One row's groups, bits and group fixed at compile time: the inner loop then vectorises (with them
+ * as run-time values it did not: measured 0.39 G values/s). */
+static inline __attribute__((always_inline)) void dequant_row(const uint32_t *restrict row, const void *scales,
+                                                              const void *biases, int64_t kind, float *restrict o,
+                                                              int64_t at, int64_t groups, const int bits,
+                                                              const int64_t group) {
+    const int per_word = 32 / bits;
+    const uint32_t mask = (1u << bits) - 1u;
+    for (int64_t g = 0; g < groups; g++) {
+        const float s = scale_at(scales, at + g, kind), b = scale_at(biases, at + g, kind);
+        const uint32_t *restrict wg = row + g * group / per_word;
+        float *restrict og = o + g * group;
+        for (int64_t wd = 0; wd < group / per_word; wd++) {
+            const uint32_t word = wg[wd];
+#pragma omp simd
+            for (int j = 0; j < per_word; j++) og[wd * per_word + j] = s * (float)((word >> (j * bits)) & mask) + b;
+        }
+    }
+}
+
 /* out[i, :] = float32 of row r0 + i, for rows [r0, r1) of the quantized W (out: [r1 - r0, cols]). */
 void dequant_rows(const uint32_t *w, const void *scales, const void *biases, int64_t kind, float *out, int64_t r0,
                   int64_t r1, int64_t cols, int64_t group, int64_t bits) {
-    const int64_t per_word = 32 / bits, groups = cols / group, words = cols / per_word;
-    const uint32_t mask = (1u << bits) - 1u;
+    const int64_t groups = cols / group, words = cols * bits / 32;
     for (int64_t r = r0; r < r1; r++) {
         const uint32_t *row = w + r * words;
         float *o = out + (r - r0) * cols;
-        for (int64_t g = 0; g < groups; g++) {
+#define DEQUANT_CASE(BITS, GROUP)                                                                         \
+    if (bits == BITS && group == GROUP) {                                                                 \
+        dequant_row(row, scales, biases, kind, o, r * groups, groups, BITS, GROUP);                       \
+        continue;                                                                                         \
+    }
+        DEQUANT_CASE(8, 32) DEQUANT_CASE(8, 64) DEQUANT_CASE(8, 128)
+        DEQUANT_CASE(4, 32) DEQUANT_CASE(4, 64) DEQUANT_CASE(4, 128)
+        const int64_t per_word = 32 / bits;
+        const uint32_t mask = (1u << bits) - 1u;
+        for (int64_t g = 0; g < groups; g++) { /* any other bits dividing 32 */
             const float s = scale_at(scales, r * groups + g, kind), b = scale_at(biases, r * groups + g, kind);
-#pragma omp simd
             for (int64_t k = g * group; k < (g + 1) * group; k++)
                 o[k] = s * (float)((row[k / per_word] >> ((k % per_word) * bits)) & mask) + b;
         }
