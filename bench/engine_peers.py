@@ -2,13 +2,17 @@
 
     python -m bench.engine_peers            # prefill 512, decode 32 after 512, 2 rounds
     python -m bench.engine_peers --prefill 512,2048 --rounds 2
+    python -m bench.engine_peers --engines q8,q4   # only the quantized pairs
+    python -m bench.engine_peers --before /tmp/main-tree  # + that checkout's numpy bf16: before/after
 
-Each engine runs alone in its own long-lived process (engine numpy on the bf16 checkpoint; llama.cpp
-on its F16, Q8_0 and Q4_0 conversions, bench/llama_peer.py); the main process hands them one task at
-a time, round-robin, so that load from other work falls on all of them alike and no two ever run at
-once. Printed: tok/s per task (min-max over rounds), each engine's ratio to llama.cpp F16, and the
-effective GB/s of its decode (weight bytes x tok/s) against numpy's matrix-vector bandwidth measured
-in the same run. Without the bench extra it says how to enable it.
+Each engine runs alone in its own long-lived process: engine numpy on the bf16 checkpoint and on its
+MLX 8-bit and 4-bit copies (mx.quantize, groups of 64, as mlx-lm writes them, bench/mlx_quant.py);
+llama.cpp on its F16, Q8_0 and Q4_0 conversions (bench/llama_peer.py). The main process hands them one
+task at a time, round-robin, each of ours next to its llama.cpp peer, so that load from other work falls
+on all of them alike and no two ever run at once. Printed: tok/s per task (min-max over rounds), each
+engine's ratio to llama.cpp F16 and to its own peer, and the effective GB/s of its decode (weight bytes
+x tok/s) against numpy's matrix-vector bandwidth measured in the same run. Without the bench extra it
+says how to enable it.
 """
 
 from __future__ import annotations
@@ -26,9 +30,16 @@ import numpy as np
 
 from bench import llama_peer, machine
 from bench.engine_bench import QWEN3_06B, _timed, prompt_ids, write_random_checkpoint
+from bench.mlx_quant import write_quantized
 
 ROOT = Path(__file__).resolve().parent.parent
 THREADS = os.cpu_count() or 1
+# pair -> (our engine and its weights, its llama.cpp peer); ours is quantized from the bf16 checkpoint
+PAIRS = {
+    "bf16": (("numpy bf16", None), "llama.cpp F16"),
+    "q8": (("numpy q8 g64", (8, 64)), "llama.cpp Q8_0"),
+    "q4": (("numpy q4 g64", (4, 64)), "llama.cpp Q4_0"),
+}
 
 
 def _serve(kind: str, path: str, context: int) -> None:
@@ -62,9 +73,13 @@ def _serve(kind: str, path: str, context: int) -> None:
 
 
 class Worker:
-    def __init__(self, kind: str, path: Path, context: int) -> None:
+    def __init__(self, kind: str, path: Path, context: int, tree: Path = ROOT) -> None:
+        """`tree`: the checkout whose engine the worker imports (another one for a before/after run)."""
         cmd = [sys.executable, "-m", "bench.engine_peers", "--serve", kind, str(path), str(context)]
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        env = {**os.environ, "PYTHONPATH": str(tree)}
+        self.proc = subprocess.Popen(
+            cmd, cwd=tree, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
         self.info = self._read()
 
     def _read(self) -> dict:
@@ -88,12 +103,21 @@ class Worker:
 def run(args: argparse.Namespace, tmp: Path) -> tuple[dict, dict, dict]:
     model_dir = tmp / "qwen3-0.6b-shape"
     write_random_checkpoint(model_dir, QWEN3_06B)
-    ggufs = llama_peer.gguf_models(model_dir, tmp, ["F16", "Q8_0", "Q4_0"])
+    pairs = [PAIRS[p] for p in args.engines]
+    kinds = [peer.split()[-1] for _, peer in pairs]
+    ggufs = llama_peer.gguf_models(model_dir, tmp, kinds)
     context = max([*args.prefill, args.decode_after]) + args.decode_steps + 16
-    engines = {"numpy bf16": ("numpy", model_dir)} | {
-        f"llama.cpp {k}": ("llama", p) for k, p in ggufs.items()
-    }
-    workers = {name: Worker(kind, path, context) for name, (kind, path) in engines.items()}
+    engines: dict[str, tuple[str, Path, Path]] = {}
+    if args.before:  # the same bf16 checkpoint on another checkout's engine, first in every round
+        engines["numpy bf16 before"] = ("numpy", model_dir, args.before.resolve())
+    for (ours, quant), peer in pairs:
+        ours_dir = model_dir
+        if quant is not None:
+            ours_dir = tmp / ours.replace(" ", "-")
+            write_quantized(model_dir, ours_dir, *quant)
+        engines[ours] = ("numpy", ours_dir, ROOT)
+        engines[peer] = ("llama", ggufs[peer.split()[-1]], ROOT)
+    workers = {name: Worker(kind, path, context, tree) for name, (kind, path, tree) in engines.items()}
     tasks = [{"op": "prefill", "n": n} for n in args.prefill]
     tasks.append({"op": "decode", "after": args.decode_after, "steps": args.decode_steps})
     speeds: dict[str, dict[str, list[float]]] = {name: {} for name in workers}
@@ -114,10 +138,11 @@ def run(args: argparse.Namespace, tmp: Path) -> tuple[dict, dict, dict]:
 def render(speeds: dict, infos: dict, limits: dict, args: argparse.Namespace) -> str:
     labels = list(next(iter(speeds.values())))
     lines = [
-        "## Engine peers (llama.cpp)",
+        f"## {args.heading}",
         "",
-        f"`python -m bench.engine_peers`: llama-cpp-python {llama_peer.llama_cpp_version()}, {THREADS} "
-        f"threads, {args.rounds} rounds interleaved, decode: median of {args.decode_steps} steps.",
+        f"`python -m bench.engine_peers {' '.join(sys.argv[1:])}`: "
+        f"llama-cpp-python {llama_peer.llama_cpp_version()}, {THREADS} threads, {args.rounds} rounds "
+        f"interleaved, decode: median of {args.decode_steps} steps.",
         "",
         "| tok/s (min-max) | " + " | ".join(speeds) + " |",
         "| --- |" + " ---: |" * len(speeds),
@@ -130,6 +155,13 @@ def render(speeds: dict, infos: dict, limits: dict, args: argparse.Namespace) ->
         if ref:
             ratios = [f"{max(s[label]) / max(ref[label]):.2f}x" for s in speeds.values()]
             lines.append(f"| {label}, best / llama.cpp F16 best | " + " | ".join(ratios) + " |")
+    peers = {ours: peer for (ours, _), peer in PAIRS.values()}
+    for label in labels:
+        ratios = [
+            f"{max(s[label]) / max(speeds[peers[n]][label]):.2f}x" if peers.get(n) in speeds else ""
+            for n, s in speeds.items()
+        ]
+        lines.append(f"| {label}, ours best / its llama.cpp peer best | " + " | ".join(ratios) + " |")
     decode = labels[-1]
     gbs = [f"{infos[n]['weight_bytes'] * max(s[decode]) / 1e9:.1f}" for n, s in speeds.items()]
     lines.append("| decode GB/s of weights (best) | " + " | ".join(gbs) + " |")
@@ -152,9 +184,23 @@ def main() -> None:
     parser.add_argument("--decode-after", type=int, default=512)
     parser.add_argument("--decode-steps", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument(
+        "--engines",
+        default="bf16,q8,q4",
+        help=f"comma-separated pairs of ours and llama.cpp's: {', '.join(PAIRS)}",
+    )
+    parser.add_argument(
+        "--before", type=Path, help="another checkout (e.g. `git archive main` unpacked): its numpy bf16 too"
+    )
     parser.add_argument("--write-doc", action="store_true", help="replace the section in docs/benchmarks.md")
+    parser.add_argument(
+        "--heading", default="Engine peers (llama.cpp)", help="of the docs/benchmarks.md section"
+    )
     args = parser.parse_args()
     args.prefill = [int(n) for n in args.prefill.split(",")]
+    args.engines = args.engines.split(",")
+    if unknown := set(args.engines) - set(PAIRS):
+        parser.error(f"--engines: unknown {sorted(unknown)} (known: {', '.join(PAIRS)})")
     if llama_peer.llama_cpp_version() is None:
         raise SystemExit(llama_peer.ENABLE_HINT)
     with tempfile.TemporaryDirectory(prefix="wb-engine-peers-") as tmp:

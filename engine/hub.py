@@ -36,6 +36,8 @@ class LocalModel:
     architecture: str  # config.json architectures[0], or "?" when unreadable
     model_type: str
     quantization: str  # "" or e.g. "4-bit" (MLX-quantized checkpoints)
+    weight_format: str = "?"  # "bf16" | "f16" | "f32" | "q4 g64" (bits, group size) | "?" (unreadable)
+    weight_bytes: int = 0  # bytes of the safetensors tensors (0 when unreadable)
 
     def to_dict(self) -> dict:
         return {
@@ -46,6 +48,8 @@ class LocalModel:
             "architecture": self.architecture,
             "model_type": self.model_type,
             "quantization": self.quantization,
+            "weight_format": self.weight_format,
+            "weight_bytes": self.weight_bytes,
         }
 
 
@@ -239,6 +243,12 @@ def _describe(name: str, directory: Path, source: str) -> LocalModel:
     architectures = config.get("architectures") or ["?"]
     quant = config.get("quantization") or config.get("quantization_config") or {}
     bits = quant.get("bits") if isinstance(quant, dict) else None
+    dtype_bytes = _tensor_bytes(directory)
+    if bits and isinstance(quant, dict):
+        weight_format = f"q{bits} g{quant.get('group_size', '?')}"
+    else:
+        main = max(dtype_bytes, key=dtype_bytes.__getitem__, default="?")
+        weight_format = {"BF16": "bf16", "F16": "f16", "F32": "f32"}.get(main, main.lower())
     return LocalModel(
         name=name,
         path=directory,
@@ -247,7 +257,35 @@ def _describe(name: str, directory: Path, source: str) -> LocalModel:
         architecture=str(architectures[0]),
         model_type=str(config.get("model_type", "?")),
         quantization=f"{bits}-bit" if bits else "",
+        weight_format=weight_format,
+        weight_bytes=sum(dtype_bytes.values()),
     )
+
+
+def _tensor_bytes(directory: Path) -> dict[str, int]:
+    """Bytes of the tensors in the directory's *.safetensors by dtype, from their headers only; the
+    files that are not readable safetensors count nothing."""
+    totals: dict[str, int] = {}
+    for path in sorted(directory.glob("*.safetensors")):
+        try:
+            with path.open("rb") as fh:
+                size = int.from_bytes(fh.read(8), "little")
+                if not 0 < size <= path.stat().st_size - 8:
+                    continue
+                header = json.loads(fh.read(size))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            continue
+        if not isinstance(header, dict):
+            continue
+        for name, entry in header.items():
+            if name == "__metadata__" or not isinstance(entry, dict):
+                continue
+            try:
+                begin, end = entry["data_offsets"]
+                totals[str(entry["dtype"])] = totals.get(str(entry["dtype"]), 0) + int(end) - int(begin)
+            except (KeyError, TypeError, ValueError):  # not a tensor entry: counts nothing
+                continue
+    return totals
 
 
 def _size(directory: Path) -> int:

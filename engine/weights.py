@@ -4,7 +4,8 @@ Model definitions ask for weights by their Hugging Face names; this module decid
 fused projections (q/k/v, gate/up) in one matrix; float32 on numpy, except bfloat16 matrices, which
 stay bfloat16 where the backend can compute with them (`ops.bf16_weight`); MLX-quantized tensors
 (`.weight` packed uint32 + `.scales` + `.biases`) kept quantized where the backend can use them
-and dequantized once, here, where it cannot.
+(`ops.quantized_weight` returns one, on numpy with the scales in the file's own 16-bit form) and
+dequantized once, here, where it cannot.
 """
 
 from __future__ import annotations
@@ -113,31 +114,54 @@ class WeightReader:
         return int(params["group_size"]), int(params["bits"])
 
     def _quantized_parts(
-        self, prefix: str, out_f: int, in_f: int, group_size: int, bits: int
+        self, prefix: str, out_f: int, in_f: int, group_size: int, bits: int, raw_scales: bool = False
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """packed uint32 words, scales, biases of `prefix`, shapes checked. Scales and biases in float32,
+        or with `raw_scales` as the file stores them where that is 16-bit (float16; bfloat16 as uint16)."""
         if in_f % group_size or 32 % bits:
             raise ModelFormatError(
                 f"{self.checkpoint.directory}: {prefix!r} quantized with group_size "
                 f"{group_size}, bits {bits} does not fit input size {in_f}"
             )
-        w = self.checkpoint.raw(f"{prefix}.weight")
-        expected = {
-            "weight": (out_f, in_f * bits // 32),
-            "scales": (out_f, in_f // group_size),
-            "biases": (out_f, in_f // group_size),
-        }
-        parts = {}
-        for kind, shape in expected.items():
-            name = f"{prefix}.{kind}"
-            parts[kind] = w if kind == "weight" else self._float(name, shape)
-            if kind == "weight":
-                info = self.checkpoint.info(name)
-                if info.shape != shape or info.dtype != "U32":
-                    raise ModelFormatError(
-                        f"{self.checkpoint.file_of(name)}: quantized tensor {name!r} is {info.dtype} "
-                        f"{list(info.shape)}, expected U32 {list(shape)} ({bits}-bit of [{out_f}, {in_f}])"
-                    )
-        return parts["weight"], parts["scales"], parts["biases"]
+        name = f"{prefix}.weight"
+        info = self.checkpoint.info(name) if name in self.checkpoint else None
+        if info is None or info.shape != (out_f, in_f * bits // 32) or info.dtype != "U32":
+            found = "missing" if info is None else f"{info.dtype} {list(info.shape)}"
+            raise ModelFormatError(
+                f"{self.checkpoint.file_of(name) if info else self.checkpoint.directory}: quantized "
+                f"tensor {name!r} is {found}, expected U32 {[out_f, in_f * bits // 32]} "
+                f"({bits}-bit of [{out_f}, {in_f}])"
+            )
+        groups = (out_f, in_f // group_size)
+        scales, biases = (
+            self._scale_part(f"{prefix}.{kind}", groups, raw_scales) for kind in ("scales", "biases")
+        )
+        return self.checkpoint.raw(name), scales, biases
+
+    def _scale_part(self, name: str, shape: tuple[int, int], raw: bool) -> np.ndarray:
+        self._check(name, shape)
+        if raw and self.checkpoint.info(name).dtype in ("F16", "BF16"):
+            return self.checkpoint.raw(name)
+        return self.checkpoint.float32(name)
+
+    def _packed(
+        self, prefixes: list[str], out_sizes: list[int], in_size: int, group_size: int, bits: int
+    ) -> Any:
+        """The quantized projections `prefixes` stacked as one backend quantized weight, or None when the
+        backend would rather have them dequantized."""
+        raw = getattr(self.ops, "quantized_scales_raw", False)
+        parts = [
+            self._quantized_parts(p, o, in_size, group_size, bits, raw)
+            for p, o in zip(prefixes, out_sizes, strict=True)
+        ]
+        scale_dtypes = {part[1].dtype for part in parts} | {part[2].dtype for part in parts}
+        if len(scale_dtypes) > 1:  # mixed 16-bit kinds across the projections: float32 holds them all
+            parts = [
+                self._quantized_parts(p, o, in_size, group_size, bits)
+                for p, o in zip(prefixes, out_sizes, strict=True)
+            ]
+        stacked = [np.concatenate([part[i] for part in parts]) for i in range(3)]
+        return self.ops.quantized_weight(*stacked, group_size, bits)
 
     def _release(self, prefix: str) -> None:
         for kind in ("weight", "scales", "biases", "bias"):
@@ -156,19 +180,12 @@ class WeightReader:
                 [self._float(f"{p}.bias", (o,)) for p, o in zip(prefixes, out_sizes, strict=True)]
             )
             b = self.ops.asarray(b)
+        weight = None
         if quant[0] is not None and len(set(quant)) == 1 and hasattr(self.ops, "quantized_weight"):
-            group_size, bits = quant[0]
-            parts = [
-                self._quantized_parts(p, o, in_size, group_size, bits)
-                for p, o in zip(prefixes, out_sizes, strict=True)
-            ]
-            stacked = [np.concatenate([part[i] for part in parts]) for i in range(3)]
-            weight = self.ops.quantized_weight(*stacked, group_size, bits)
-        elif all(q is None for q in quant) and (
-            kept := self._bf16([f"{p}.weight" for p in prefixes], out_sizes, in_size)
-        ):
-            weight = kept
-        else:
+            weight = self._packed(prefixes, out_sizes, in_size, *quant[0])
+        elif all(q is None for q in quant):
+            weight = self._bf16([f"{p}.weight" for p in prefixes], out_sizes, in_size)
+        if weight is None:
             full = prefaulted((sum(out_sizes), in_size))
             row = 0
             for p, o, q in zip(prefixes, out_sizes, quant, strict=True):
@@ -186,14 +203,15 @@ class WeightReader:
     def embedding(self, prefix: str, vocab: int, hidden: int) -> Any:
         """The token embedding table; quantized on backends that can look up quantized rows."""
         quant = self._quant_params(prefix)
-        if quant is None and (kept := self._bf16([f"{prefix}.weight"], [vocab], hidden)):
-            table = kept
-        elif quant is None:
+        table = None
+        if quant is None:
+            table = self._bf16([f"{prefix}.weight"], [vocab], hidden)
+        elif hasattr(self.ops, "quantized_weight"):
+            table = self._packed([prefix], [vocab], hidden, *quant)
+        if table is None and quant is None:
             table = self._float(f"{prefix}.weight", (vocab, hidden), out=prefaulted((vocab, hidden)))
             table = self.ops.asarray(table)
-        elif hasattr(self.ops, "quantized_weight"):
-            table = self.ops.quantized_weight(*self._quantized_parts(prefix, vocab, hidden, *quant), *quant)
-        else:
+        elif table is None:
             parts = self._quantized_parts(prefix, vocab, hidden, *quant)
             table = dequantize(*parts, *quant, out=prefaulted((vocab, hidden)))
         self._release(prefix)
@@ -204,3 +222,30 @@ class WeightReader:
         arr = self.ops.asarray(np.array(self._float(name, (size,))))
         self.checkpoint.release(name)
         return arr
+
+
+def weight_format(w: Any) -> str:
+    """What a loaded weight matrix is stored as: "f32", "bf16", "f16", or "q4 g64" (4-bit, groups of 64)."""
+    if hasattr(w, "bits") and hasattr(w, "group_size"):  # numpy QuantWeight, mlx QuantizedWeight
+        return f"q{w.bits} g{w.group_size}"
+    if hasattr(w, "bits"):  # numpy Bf16Weight: its bits are the bfloat16 values
+        return "bf16"
+    return {"float32": "f32", "float16": "f16", "bfloat16": "bf16"}.get(
+        str(w.dtype).split(".")[-1], str(w.dtype)
+    )
+
+
+def weight_bytes(w: Any) -> int:
+    """Bytes a loaded weight matrix holds in memory (packed words + scales + biases when quantized)."""
+    if hasattr(w, "nbytes"):
+        return int(w.nbytes)
+    return sum(int(getattr(w, p).nbytes) for p in ("w", "scales", "biases"))  # mlx QuantizedWeight
+
+
+def weight_summary(matrices: list[Any]) -> dict[str, int]:
+    """Bytes of the matrices by storage format, e.g. {"q4 g64": 351_000_000} (engine.Model.network
+    .matrices())."""
+    summary: dict[str, int] = {}
+    for w in matrices:
+        summary[weight_format(w)] = summary.get(weight_format(w), 0) + weight_bytes(w)
+    return summary

@@ -34,7 +34,7 @@ def test_widening_is_exact_for_every_bit_pattern() -> None:
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
-@pytest.mark.parametrize(("rows", "cols"), [(301, 37), (5, 8), (1030, 64)])
+@pytest.mark.parametrize(("rows", "cols"), [(301, 37), (5, 8), (1030, 64), (70, 1000)])
 def test_decode_product_widens_in_c(
     monkeypatch: pytest.MonkeyPatch, threads: int, rows: int, cols: int
 ) -> None:

@@ -128,6 +128,34 @@ def test_models_list_cli(hf_cache, capsys):
     assert "Qwen/Qwen3-0.6B (default)" in out and "Qwen3ForCausalLM" in out and "hf-cache" in out
 
 
+def safetensors_header(tensors: dict[str, tuple[str, list[int], int]]) -> bytes:
+    """A safetensors file whose header lists `tensors` (name -> dtype, shape, bytes) and zero data."""
+    header, offset = {"__metadata__": {"format": "mlx"}}, 0
+    for name, (dtype, shape, size) in tensors.items():
+        header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + size]}
+        offset += size
+    text = json.dumps(header).encode()
+    return len(text).to_bytes(8, "little") + text + b"\0" * offset
+
+
+def test_models_list_shows_weight_format_and_bytes(hf_cache, workbench_env, capsys):
+    bf16 = {"w": ("BF16", [64, 32], 4096), "norm": ("F32", [32], 128)}
+    add_snapshot(hf_cache, "Qwen/Qwen3-0.6B", "a" * 40, model_files(weights=safetensors_header(bf16)))
+    q4 = {"w": ("U32", [64, 4], 1024), "w.scales": ("BF16", [64, 1], 128), "w.biases": ("BF16", [64, 1], 128)}
+    local = workbench_env / "models" / "mlx-community--tiny-4bit"
+    local.mkdir(parents=True)
+    (local / "config.json").write_text(json.dumps({**CONFIG, "quantization": {"group_size": 32, "bits": 4}}))
+    (local / "model.safetensors").write_bytes(safetensors_header(q4))
+    models = {m.name: m for m in hub.list_local()}
+    assert (models["Qwen/Qwen3-0.6B"].weight_format, models["Qwen/Qwen3-0.6B"].weight_bytes) == ("bf16", 4224)
+    tiny = models["mlx-community/tiny-4bit"]
+    assert (tiny.weight_format, tiny.weight_bytes) == ("q4 g32", 1280)
+    assert cli.main(["models", "list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:4] == ["NAME", "ARCHITECTURE", "WEIGHTS", "SIZE"]
+    assert "bf16 4.1 KB" in lines[1] and "q4 g32 1.2 KB" in lines[2]
+
+
 def test_models_pull_fails_cleanly_when_the_hub_is_unreachable(hf_cache, capsys):
     # conftest sets HF_HUB_OFFLINE=1: the hub client refuses the network, as on a machine without it.
     assert cli.main(["models", "pull", "Qwen/Qwen3-0.6B"]) == 1

@@ -58,3 +58,23 @@ def test_the_random_checkpoint_converts_to_gguf_f16_with_the_vendored_converter(
     ours = np.array(checkpoint.float32("model.embed_tokens.weight"))
     checkpoint.close()
     np.testing.assert_allclose(np.asarray(embed.data, np.float32).reshape(ours.shape), ours, atol=1e-4)
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_the_bench_quantizes_as_mlx_lm_and_numpy_keeps_it_packed(tmp_path: Path, bits: int) -> None:
+    """bench.mlx_quant's copy of the bf16 checkpoint: every matrix packed with bfloat16 scales, computing
+    on numpy what mlx computes from the same file."""
+    import engine
+    from bench.mlx_quant import write_quantized
+    from engine.backends.numpy_quant import QuantWeight
+
+    write_random_checkpoint(tmp_path / "bf16", TINY)
+    write_quantized(tmp_path / "bf16", tmp_path / "q", bits, 64)
+    on_numpy = engine.load_model(tmp_path / "q", backend="numpy")
+    matrices = on_numpy.network.matrices()
+    assert all(
+        isinstance(w, QuantWeight) and (w.bits, w.group_size, w.kind) == (bits, 64, 2) for w in matrices
+    )
+    prompt = list(range(3, 40))
+    on_mlx = engine.load_model(tmp_path / "q", backend="mlx")
+    assert np.abs(on_numpy.logits(prompt) - on_mlx.logits(prompt)).max() <= 1e-4

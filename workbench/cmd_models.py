@@ -45,14 +45,15 @@ def run_list(args: argparse.Namespace) -> int:
     rows = [
         (
             m.name + (" (default)" if m.name == hub.DEFAULT_MODEL else ""),
-            m.architecture + (f" {m.quantization}" if m.quantization else ""),
+            m.architecture,
+            f"{m.weight_format} {_human_size(m.weight_bytes)}" if m.weight_bytes else m.weight_format,
             _human_size(m.size_bytes),
             m.source,
             str(m.path),
         )
         for m in models
     ]
-    header = ("NAME", "ARCHITECTURE", "SIZE", "SOURCE", "PATH")
+    header = ("NAME", "ARCHITECTURE", "WEIGHTS", "SIZE", "SOURCE", "PATH")
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header) - 1)]
     for row in [header, *rows]:
         print("  ".join(cell.ljust(w) for cell, w in zip(row[:-1], widths, strict=True)) + "  " + row[-1])

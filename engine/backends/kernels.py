@@ -49,6 +49,10 @@ SIGNATURES = {
     "guard_range": [_I, _I],
     "guard_release": [_I],
     "guard_lost": [_I],
+    # kernels_quant.c
+    "gemv_quant": [_P, _P, _P, _I, _P, _P, _I, _I, _I, _I, _I, _I],
+    "dequant_rows": [_P, _P, _P, _I, _P, _I, _I, _I, _I, _I],
+    "quant_vector_path": [],
 }
 
 _lock = threading.Lock()

@@ -1,7 +1,8 @@
 """numpy backend: float32 everywhere, matmuls through numpy's BLAS (OpenBLAS on Linux wheels).
 
 Linear weights are float32 and C-contiguous (`linear_weight`), or, from bfloat16 checkpoints, the
-checkpoint's own bits (`bf16_weight`, numpy_bf16.py: half the bytes for decode to stream). The
+checkpoint's own bits (`bf16_weight`, numpy_bf16.py: half the bytes for decode to stream), or, from
+MLX-quantized checkpoints, the packed 4/8-bit words (`quantized_weight`, numpy_quant.py). The
 elementwise parts of a prefill (rms_norm, rope, SwiGLU, the causal softmax) run as one-pass C loops from
 `kernels` when they could be built, else as plain numpy; either way in row blocks on a small thread
 pool, since one call uses one core.
@@ -18,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.backends import kernels, numpy_bf16, numpy_threads
+from engine.backends import kernels, numpy_bf16, numpy_quant, numpy_threads
 from engine.backends.numpy_attention import sdpa as sdpa  # the backend's attention op (numpy_attention.py)
 from engine.backends.numpy_threads import (
     address,
@@ -95,12 +96,27 @@ def bf16_weight(bits: np.ndarray) -> numpy_bf16.Bf16Weight | None:
     return numpy_bf16.weight(bits)
 
 
-def linear(x: np.ndarray, w: np.ndarray | numpy_bf16.Bf16Weight, b: np.ndarray | None = None) -> np.ndarray:
+def quantized_weight(
+    packed: np.ndarray, scales: np.ndarray, biases: np.ndarray, group_size: int, bits: int
+) -> numpy_quant.QuantWeight | None:
+    """An MLX-quantized linear weight or embedding table kept packed (numpy_quant.py), or None when this
+    backend would rather have it dequantized to float32 (no C loops, or bits/group it has no kernel for)."""
+    return numpy_quant.weight(packed, scales, biases, group_size, bits)
+
+
+quantized_scales_raw = True  # quantized_weight takes float16 / bfloat16 (uint16) scales as the file has them
+
+Weight = np.ndarray | numpy_bf16.Bf16Weight | numpy_quant.QuantWeight
+
+
+def linear(x: np.ndarray, w: Weight, b: np.ndarray | None = None) -> np.ndarray:
     """x @ w.T (+ b) for a [out, in] weight. One row (decode): the C loops' matrix-vector product on
     DECODE_THREADS cores, as fast as OpenBLAS's and without waking its threads (see kernels.c)."""
     lib = kernels.load()
     if isinstance(w, numpy_bf16.Bf16Weight):
         y = numpy_bf16.linear(x, w)
+    elif isinstance(w, numpy_quant.QuantWeight):
+        y = numpy_quant.linear(x, w)
     elif lib is not None and x.shape[0] == 1 and x.ndim == 2 and dense_f32(x) and dense_f32(w):
         y = np.empty((1, w.shape[0]), dtype=np.float32)
         rows, cols = w.shape
@@ -112,10 +128,12 @@ def linear(x: np.ndarray, w: np.ndarray | numpy_bf16.Bf16Weight, b: np.ndarray |
     return y
 
 
-def embedding(table: np.ndarray | numpy_bf16.Bf16Weight, ids: Any) -> np.ndarray:
+def embedding(table: Weight, ids: Any) -> np.ndarray:
     rows = np.asarray(ids, dtype=np.int64)
     if isinstance(table, numpy_bf16.Bf16Weight):
         return numpy_bf16.embedding(table, rows)
+    if isinstance(table, numpy_quant.QuantWeight):
+        return numpy_quant.embedding(table, rows)
     return table[rows]
 
 

@@ -137,6 +137,15 @@ class CausalLM:
         else:
             self.lm_head, _ = w.linear(["lm_head"], [args.vocab_size], args.hidden_size)
 
+    def matrices(self) -> list[Any]:
+        """Every weight matrix once (a tied output embedding is the token table): the embedding table,
+        the output projection, then each layer's qkv, o_proj, gate_up and down."""
+        found = [self.embed_tokens, self.lm_head]
+        for layer in self.layers:
+            a, m = layer.self_attn, layer.mlp
+            found += [a.qkv, a.o_proj, m.gate_up, m.down]
+        return list({id(w): w for w in found}.values())
+
     def __call__(
         self, ids: list[int], cache: KVCache, logits: str = "last", cancel: Callable[[], bool] | None = None
     ) -> Any:
