@@ -72,13 +72,17 @@ def test_bad_arguments_are_usage_errors(repo: Path, capsys: pytest.CaptureFixtur
     assert main(["search", "x", "--repo", str(repo / "missing")]) == 3
 
 
-def test_index_watch_prints_one_json_line_per_update_and_stops_on_ctrl_c(repo: Path) -> None:
+def test_index_watch_prints_one_json_line_per_update_and_stops_on_ctrl_c(repo: Path, tmp_path: Path) -> None:
+    import os
     import signal
     import subprocess
     import sys
 
     cmd = [sys.executable, "-m", "workbench", "index", "--watch", "--json", "--repo", str(repo)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    log = tmp_path / "watch-stderr.txt"  # with every thread's stack if it hangs (faulthandler on SIGABRT)
+    with log.open("w") as err:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True,
+                                env={**os.environ, "PYTHONFAULTHANDLER": "1"})  # fmt: skip
     try:
         assert proc.stdout is not None
         first = json.loads(proc.stdout.readline())
@@ -88,7 +92,12 @@ def test_index_watch_prints_one_json_line_per_update_and_stops_on_ctrl_c(repo: P
         second = json.loads(proc.stdout.readline())
         assert second["files_changed"] == 1 and second["chunks_added"] == 1
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=30) == 0
+        try:
+            assert proc.wait(timeout=30) == 0
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGABRT)
+            proc.wait(timeout=10)
+            raise AssertionError(f"the watcher did not stop on Ctrl-C:\n{log.read_text()[-6000:]}") from None
     finally:
         if proc.poll() is None:
             proc.kill()

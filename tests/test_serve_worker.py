@@ -46,7 +46,8 @@ def worker(redis_client: redis.Redis) -> Iterator[Worker]:
     thread.start()
     yield w
     stop.set()
-    thread.join(timeout=10)
+    thread.join(timeout=60)  # a worker left running would take the next test's requests
+    assert not thread.is_alive(), "the in-process worker did not stop within 60 s"
     svc.close()
 
 
