@@ -80,9 +80,12 @@ def test_index_watch_prints_one_json_line_per_update_and_stops_on_ctrl_c(repo: P
 
     cmd = [sys.executable, "-m", "workbench", "index", "--watch", "--json", "--repo", str(repo)]
     log = tmp_path / "watch-stderr.txt"  # with every thread's stack if it hangs (faulthandler on SIGABRT)
+    # Started with SIGINT ignored, as a background job of a non-interactive shell (CI) is: Ctrl-C must
+    # stop it all the same.
     with log.open("w") as err:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True,
-                                env={**os.environ, "PYTHONFAULTHANDLER": "1"})  # fmt: skip
+                                env={**os.environ, "PYTHONFAULTHANDLER": "1"},
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))  # fmt: skip
     try:
         assert proc.stdout is not None
         first = json.loads(proc.stdout.readline())

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
-import time
+import threading
 from typing import TYPE_CHECKING, Any
 
 from core.errors import UsageError
@@ -93,16 +94,20 @@ def _watch(ix: Index, as_json: bool) -> int:
         show.clear()
         _print_stats(ix, stats, as_json)
 
+    # Ctrl-C and SIGTERM stop it, handled here rather than as KeyboardInterrupt: a process started with
+    # SIGINT ignored (in the background of a non-interactive shell, as CI runs do) never gets one.
+    stopping = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stopping.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     watcher = Watcher(ix, on_update=updated, progress=show, confirm=True)
     watcher.start()
     if not as_json:
         print(f"watching {ix.root} (Ctrl-C to stop)", file=sys.stderr)
     try:
-        while True:
-            time.sleep(1.0)
-    except KeyboardInterrupt:
-        pass
+        while not stopping.wait(1.0):
+            pass
     finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         watcher.stop()
         show.clear()
     return 0
