@@ -27,10 +27,10 @@ from core.errors import UsageError, WorkbenchError
 from serve import protocol
 from serve.protocol import OPTION_NAMES, Request
 from sessions import events as ev
-from sessions import export as exporting
-from sessions.model import Session, SessionInfo
+from sessions.model import Session
 from sessions.options import TurnOptions, repo_root
-from sessions.store import SearchHit, SessionStore
+from sessions.reads import SessionReads
+from sessions.store import SessionStore
 from sessions.turn import Turn
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,7 @@ def request_options(options: TurnOptions) -> dict[str, Any]:
             if getattr(options, name) not in (None, False)}  # fmt: skip
 
 
-class RemoteSessionService:
+class RemoteSessionService(SessionReads):
     def __init__(self, client: Any = None, max_queue: int = protocol.DEFAULT_MAX_QUEUE,
                  timeout_s: float = 600.0) -> None:  # fmt: skip
         if client is None:
@@ -125,36 +125,11 @@ class RemoteSessionService:
 
     # -- sessions (reads) -------------------------------------------------------------------------
 
-    def resolve(self, id_or_prefix: str) -> str:
-        return self.store.resolve(id_or_prefix)
-
-    def list(self, repo: str | None = None, limit: int | None = None) -> list[SessionInfo]:
-        return self.store.list(repo_root(repo) if repo else None, limit)
-
-    def latest(self, repo: str | None = None) -> SessionInfo | None:
-        return self.store.latest(repo_root(repo))
-
-    def search(self, query: str, repo: str | None = None, limit: int = 20) -> list[SearchHit]:
-        if not query.strip():
-            raise UsageError("empty search: give one or more words")
-        return self.store.search(query, repo_root(repo) if repo else None, limit)
-
-    def show(self, id_or_prefix: str) -> Session:
-        return self.store.load(self.resolve(id_or_prefix))
-
     def open(self, id_or_prefix: str) -> Session:
         return self.show(id_or_prefix)  # no lease: the worker running its next turn takes it
 
     def close_session(self, session_id: str) -> None:
         pass  # open() took nothing
-
-    def export(self, id_or_prefix: str, fmt: str = "markdown") -> str:
-        session = self.show(id_or_prefix)
-        if fmt == "markdown":
-            return exporting.to_markdown(session)
-        if fmt == "json":
-            return exporting.to_json(session)
-        raise UsageError(f"unknown export format {fmt!r} (markdown or json)")
 
     def warm(self, id_or_prefix: str, model: str | None = None, backend: str | None = None) -> Future:
         done: Future = Future()

@@ -22,18 +22,17 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 import redis
 
 from core.errors import UsageError
 from core.lease import LEASE_MS, LeaseKeeper
-from sessions import export as exporting
 from sessions import forking
 from sessions.engine_thread import EngineThread
 from sessions.events import Result
 from sessions.ids import new_id
-from sessions.model import Session, SessionInfo, Settings, title_from_prompt
+from sessions.model import Session, Settings, title_from_prompt
 from sessions.options import (
     TurnOptions,
     check_model_exists,
@@ -42,9 +41,10 @@ from sessions.options import (
     model_name,
     repo_root,
 )
+from sessions.reads import SessionReads
 from sessions.retrieval import Retriever
 from sessions.runner import TurnJob, run_turn
-from sessions.store import SearchHit, SessionStore
+from sessions.store import SessionStore
 from sessions.turn import Turn
 from sessions.turn_queue import TurnQueue, cancelled
 from sessions.warm import LiveCache, WarmReport, warm_session
@@ -56,7 +56,7 @@ T = TypeVar("T")
 READY_POLL_S = 0.05  # how often a turn waiting for start-up notices a cancel
 
 
-class SessionService:
+class SessionService(SessionReads):
     def __init__(
         self,
         redis_client: redis.Redis | None = None,
@@ -255,25 +255,6 @@ class SessionService:
         self.store.create(session)
         return session
 
-    def resolve(self, id_or_prefix: str) -> str:
-        return self.store.resolve(id_or_prefix)
-
-    def list(self, repo: str | None = None, limit: int | None = None) -> list[SessionInfo]:
-        """Newest first; `repo` (a path inside a repository) keeps only that repository's sessions."""
-        return self.store.list(repo_root(repo) if repo else None, limit)
-
-    def latest(self, repo: str | None = None) -> SessionInfo | None:
-        """The most recently updated session of the repository at `repo` (default: here): --continue."""
-        return self.store.latest(repo_root(repo))
-
-    def search(self, query: str, repo: str | None = None, limit: int = 20) -> list[SearchHit]:
-        if not query.strip():
-            raise UsageError("empty search: give one or more words")
-        return self.store.search(query, repo_root(repo) if repo else None, limit)
-
-    def show(self, id_or_prefix: str) -> Session:
-        return self.store.load(self.resolve(id_or_prefix))
-
     def rename(self, id_or_prefix: str, title: str) -> Session:
         title = " ".join(title.split())
         if not title:
@@ -308,14 +289,6 @@ class SessionService:
     def wait_background(self, timeout: float | None = None) -> None:
         """Wait for the KV pins and unpins that fork/delete left running (tests, shutdown)."""
         self._workers.wait_background(timeout)
-
-    def export(self, id_or_prefix: str, fmt: Literal["markdown", "json"] = "markdown") -> str:
-        session = self.show(id_or_prefix)
-        if fmt == "markdown":
-            return exporting.to_markdown(session)
-        if fmt == "json":
-            return exporting.to_json(session)
-        raise UsageError(f"unknown export format {fmt!r} (markdown or json)")
 
     def open(self, id_or_prefix: str) -> Session:
         """Take the session's lease for as long as it is open here (the TUI), and load it."""
