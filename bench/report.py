@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,3 +40,15 @@ def write_section(section: str, doc: Path = BENCH_DOC) -> None:
         end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
         lines[start:end] = [*body, ""] if end < len(lines) else body
     doc.write_text("\n".join(lines).rstrip("\n") + "\n")
+
+
+def quick_or_full_main(description: str, run: Callable[[bool], str]) -> None:
+    """The command line of a benchmark with a `--quick` mode: print its section, and record it in
+    docs/benchmarks.md only after a full run (a quick one is a smoke test, not a figure to quote)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--quick", action="store_true", help="a short run, printed and not recorded")
+    args = parser.parse_args()
+    section = run(args.quick)
+    print(section)
+    if not args.quick:
+        write_section(section)

@@ -17,7 +17,6 @@ round trips are measured in the same run.
 
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 import socket
@@ -33,7 +32,7 @@ from typing import Any
 
 from bench import machine
 from bench.private_redis import start_redis
-from bench.report import write_section
+from bench.report import quick_or_full_main
 
 ROOT = Path(__file__).resolve().parent.parent
 HEADING = "## Serve: stream protocol and HTTP door (issue 19)"
@@ -302,13 +301,7 @@ def render(quick: bool, per_client: int, rows: list, cold: dict, warm: dict, cac
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args()
-    section = run(args.quick)
-    print(section)
-    if not args.quick:
-        write_section(section)
+    quick_or_full_main(__doc__.splitlines()[0], run)
 
 
 if __name__ == "__main__":

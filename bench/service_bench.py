@@ -11,7 +11,6 @@ measured in the same run: the Redis start itself (`svc.wait_ready()`), one decod
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import os
 import statistics
@@ -21,7 +20,7 @@ import time
 from pathlib import Path
 
 from bench import machine
-from bench.report import write_section
+from bench.report import quick_or_full_main
 
 ROOT = Path(__file__).resolve().parent.parent
 HEADING = "## Session service"
@@ -142,13 +141,7 @@ def run(quick: bool) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args()
-    section = run(args.quick)
-    print(section)
-    if not args.quick:
-        write_section(section)
+    quick_or_full_main(__doc__.splitlines()[0], run)
 
 
 if __name__ == "__main__":
