@@ -11,7 +11,6 @@ time to first token as the service reports it (`timings.ttft_s`).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -22,7 +21,7 @@ from pathlib import Path
 
 from bench import machine
 from bench.private_redis import start_redis
-from bench.report import write_section
+from bench.report import quick_or_full_main
 
 ROOT = Path(__file__).resolve().parent.parent
 HEADING = "## Headless CLI"
@@ -166,15 +165,7 @@ def measure(env: dict[str, str], model: str, root: Path, n: int) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--quick", action="store_true", help="fewer repetitions, no docs update")
-    args = parser.parse_args()
-    section = run(args.quick)
-    print(section)
-    if not args.quick:
-        write_section(section)
+    quick_or_full_main(__doc__ or "", run)
 
 
 if __name__ == "__main__":

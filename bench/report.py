@@ -45,8 +45,9 @@ def write_section(section: str, doc: Path = BENCH_DOC) -> None:
 def quick_or_full_main(description: str, run: Callable[[bool], str]) -> None:
     """The command line of a benchmark with a `--quick` mode: print its section, and record it in
     docs/benchmarks.md only after a full run (a quick one is a smoke test, not a figure to quote)."""
-    parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--quick", action="store_true", help="a short run, printed and not recorded")
+    raw = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(description=description, formatter_class=raw)
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions, printed and not recorded")
     args = parser.parse_args()
     section = run(args.quick)
     print(section)
