@@ -36,12 +36,27 @@ def check_numpy() -> Check:
         return Check("backend numpy", False, f"unavailable: {exc}", "make run  (reinstalls the venv)")
 
 
+# The CPU features the C loops have paths for, or that a faster path would need (cpuinfo's names).
+X86_FEATURES = ("avx2", "fma", "f16c", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni")
+ARM_FEATURES = ("asimd", "asimdhp", "asimddp", "bf16", "i8mm", "sve")
+
+
+def cpu_features(flags: str) -> str:
+    """'avx2 fma f16c; lacks avx512f ...' from a cpuinfo flags line: what the kernels can use here."""
+    have = set(flags.split())
+    wanted = ARM_FEATURES if "asimd" in have else X86_FEATURES
+    present = [f for f in wanted if f in have] or ["no vector extensions"]
+    absent = [f for f in wanted if f not in have]
+    return " ".join(present) + (f"; lacks {' '.join(absent)}" if absent else "")
+
+
 def check_kernels() -> Check:
     """The numpy backend's C loops: without them it still works, slower in prefill and in decode."""
     try:
         from engine.backends import kernels
 
-        return Check("numpy C loops", True, str(kernels.build()), essential=False)
+        features = cpu_features(kernels._cpu_flags())
+        return Check("numpy C loops", True, f"{kernels.build()} (CPU: {features})", essential=False)
     except Exception as exc:  # no compiler, or it failed: the finding itself
         return Check("numpy C loops", False, str(exc), "install gcc (then make run)", essential=False)
 
