@@ -53,6 +53,9 @@ SIGNATURES = {
     "gemv_quant": [_P, _P, _P, _I, _P, _P, _I, _I, _I, _I, _I, _I],
     "dequant_rows": [_P, _P, _P, _I, _P, _I, _I, _I, _I, _I],
     "quant_vector_path": [],
+    # kernels_q8act.c (precision "int8")
+    "gemv_q8act": [_P, _P, _P, _I, _P, _P, _I, _I, _I, _I, _I, _I],
+    "q8act_quantize": [_P, _I, _P, _P],
 }
 
 _lock = threading.Lock()

@@ -8,8 +8,12 @@ weight once per token. Kept packed (uint32 words + per-group scales and biases, 
 - token lookups dequantize only the rows they read.
 
 Products are exact float arithmetic on the dequantized values, so logits equal the dequantized twin's to
-float32 rounding. Used only when the C loops are built (`weight` returns None otherwise, and the loader
-dequantizes once, as before): dequantizing in plain numpy on every step would cost far more than it saves.
+float32 rounding. The opt-in precision "int8" (`QuantWeight.int8_activations`, set by the loader) instead
+quantizes a decode step's activation vector to int8 per block of 32 and multiplies in integers
+(kernels_q8act.c, as llama.cpp's Q8_0/Q4_0 do): faster, and no longer exact; prefill stays exact.
+
+Used only when the C loops are built (`weight` returns None otherwise, and the loader dequantizes once,
+as before): dequantizing in plain numpy on every step would cost far more than it saves.
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ class QuantWeight:
         self.packed, self.scales, self.biases = packed, scales, biases
         self.group_size, self.bits = group_size, bits
         self.kind = SCALE_KINDS[scales.dtype]
+        self.int8_activations = False  # precision "int8": decode products with x quantized (gemv_q8act)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -114,11 +119,13 @@ def linear(x: np.ndarray, w: QuantWeight) -> np.ndarray:
 
 
 def gemv(w: QuantWeight, x: np.ndarray, y: np.ndarray, portable: bool = False) -> None:
-    """y [1, out] = x [1, in] @ w.T in kernels_quant.c; `portable` forces its plain C loop (tests)."""
+    """y [1, out] = x [1, in] @ w.T in kernels_quant.c, or with w.int8_activations in kernels_q8act.c;
+    `portable` forces their plain C loop (tests)."""
     lib = kernels.load()
     assert lib is not None
     rows, cols = w.shape
-    lib.gemv_quant(
+    kernel = lib.gemv_q8act if w.int8_activations else lib.gemv_quant
+    kernel(
         lasting_address(w.packed),
         lasting_address(w.scales),
         lasting_address(w.biases),
