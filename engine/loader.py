@@ -9,6 +9,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from engine import precision as precisions
 from engine.backends import get_backend
 from engine.errors import ModelFormatError, UnsupportedArchitectureError
 from engine.model import Model
@@ -66,14 +67,18 @@ def architecture_of(config: dict, config_path: Path) -> str:
     )
 
 
-def fingerprint(directory: Path, config: dict, checkpoint: Checkpoint, kv_dtype: str) -> str:
-    """sha256 over the canonical config, each safetensors header + size, tokenizer.json's sha256 and the
-    KV dtype: what decides whether stored KV blocks fit this model. Cached per path and mtimes."""
+def fingerprint(
+    directory: Path, config: dict, checkpoint: Checkpoint, kv_dtype: str, precision: str = "fp32"
+) -> str:
+    """sha256 over the canonical config, each safetensors header + size, tokenizer.json's sha256, the
+    KV dtype and a precision other than fp32 (int8 computes other keys and values): what decides
+    whether stored KV blocks fit this model. Cached per path and mtimes."""
     tokenizer_path = directory / "tokenizer.json"
     files = [directory / "config.json", tokenizer_path, *(f.path for f in checkpoint.files)]
     key = (
         str(directory.resolve()),
         kv_dtype,
+        precision,
         tuple((str(f), f.stat().st_mtime_ns, f.stat().st_size) for f in files if f.exists()),
     )
     if key in _fingerprints:
@@ -89,6 +94,8 @@ def fingerprint(directory: Path, config: dict, checkpoint: Checkpoint, kv_dtype:
     )
     digest.update(tokenizer_sha.encode())
     digest.update(kv_dtype.encode())
+    if precision != precisions.DEFAULT:  # fp32 fingerprints stay what they were
+        digest.update(f"precision={precision}".encode())
     _fingerprints[key] = result = digest.hexdigest()
     return result
 
@@ -109,14 +116,17 @@ def _architecture(path_or_id: str | Path) -> tuple[Path, dict, ModuleType, Any]:
         raise ModelFormatError(f"{config_path}: incomplete config ({exc})") from exc
 
 
-def load_model(path_or_id: str | Path, backend: str | None = None) -> Model:
-    """Load a Qwen3 / Qwen2 / Llama checkpoint (plain or MLX-quantized) onto the numpy or mlx backend."""
+def load_model(path_or_id: str | Path, backend: str | None = None, precision: str = "fp32") -> Model:
+    """Load a Qwen3 / Qwen2 / Llama checkpoint (plain or MLX-quantized) onto the numpy or mlx backend;
+    `precision`: "fp32" (exact) or "int8" (int8 activations for quantized weights, engine/precision.py)."""
     directory, config, module, args = _architecture(path_or_id)
     ops = get_backend(backend)
+    precisions.check(precision, ops)
     checkpoint = Checkpoint(directory)
     try:
         network = module.Model(args, ops, WeightReader(checkpoint, ops, config.get("quantization")))
-        model_fingerprint = fingerprint(directory, config, checkpoint, ops.float_dtype)
+        precisions.apply(precision, ops, network.matrices(), str(path_or_id))
+        model_fingerprint = fingerprint(directory, config, checkpoint, ops.float_dtype, precision)
     finally:
         checkpoint.close()
     return Model(
@@ -127,4 +137,5 @@ def load_model(path_or_id: str | Path, backend: str | None = None) -> Model:
         config=args,
         network=network,
         fingerprint=model_fingerprint,
+        precision=precision,
     )

@@ -39,6 +39,7 @@ class Model:
         config: BaseModelArgs,
         network: CausalLM,
         fingerprint: str,
+        precision: str = "fp32",
     ) -> None:
         self.name = name
         self.path = path
@@ -49,6 +50,7 @@ class Model:
         self.network = network
         self.kv_dtype: str = ops.float_dtype
         self.fingerprint = fingerprint
+        self.precision = precision  # engine/precision.py
         self.prefill_chunk = PREFILL_CHUNK
         # numpy caches reuse the key/value arrays of caches that are gone (engine.kvpool); mlx keeps
         # a buffer cache of its own

@@ -105,6 +105,17 @@ def quantized_weight(
 
 
 quantized_scales_raw = True  # quantized_weight takes float16 / bfloat16 (uint16) scales as the file has them
+precisions = ("fp32", "int8")  # engine/precision.py
+
+
+def use_precision(matrices: list, precision: str) -> int:
+    """Compute with `precision` where it applies; how many matrices it applies to. "int8": decode
+    products of the packed quantized weights with int8 activations (numpy_quant.py)."""
+    quantized = [w for w in matrices if isinstance(w, numpy_quant.QuantWeight)]
+    for w in quantized:
+        w.int8_activations = precision == "int8"
+    return len(quantized)
+
 
 Weight = np.ndarray | numpy_bf16.Bf16Weight | numpy_quant.QuantWeight
 
