@@ -3,10 +3,12 @@
     python -m bench.engine_peers            # prefill 512, decode 32 after 512, 2 rounds
     python -m bench.engine_peers --prefill 512,2048 --rounds 2
     python -m bench.engine_peers --engines q8,q4   # only the quantized pairs
+    python -m bench.engine_peers --engines q8,q8-int8,q4,q4-int8   # + precision int8 (int8 activations)
     python -m bench.engine_peers --before /tmp/main-tree  # + that checkout's numpy bf16: before/after
 
 Each engine runs alone in its own long-lived process: engine numpy on the bf16 checkpoint and on its
-MLX 8-bit and 4-bit copies (mx.quantize, groups of 64, as mlx-lm writes them, bench/mlx_quant.py);
+MLX 8-bit and 4-bit copies (mx.quantize, groups of 64, as mlx-lm writes them, bench/mlx_quant.py), the
+quantized ones also with precision int8 (engine/precision.py: int8 activations, integer dot products);
 llama.cpp on its F16, Q8_0 and Q4_0 conversions (bench/llama_peer.py). The main process hands them one
 task at a time, round-robin, each of ours next to its llama.cpp peer, so that load from other work falls
 on all of them alike and no two ever run at once. Printed: tok/s per task (min-max over rounds), each
@@ -34,11 +36,14 @@ from bench.mlx_quant import write_quantized
 
 ROOT = Path(__file__).resolve().parent.parent
 THREADS = os.cpu_count() or 1
-# pair -> (our engine and its weights, its llama.cpp peer); ours is quantized from the bf16 checkpoint
+# pair -> ((our engine, its weights (bits, group) quantized from the bf16 checkpoint, its precision),
+# its llama.cpp peer)
 PAIRS = {
-    "bf16": (("numpy bf16", None), "llama.cpp F16"),
-    "q8": (("numpy q8 g64", (8, 64)), "llama.cpp Q8_0"),
-    "q4": (("numpy q4 g64", (4, 64)), "llama.cpp Q4_0"),
+    "bf16": (("numpy bf16", None, "fp32"), "llama.cpp F16"),
+    "q8": (("numpy q8 g64", (8, 64), "fp32"), "llama.cpp Q8_0"),
+    "q8-int8": (("numpy q8 g64 int8", (8, 64), "int8"), "llama.cpp Q8_0"),
+    "q4": (("numpy q4 g64", (4, 64), "fp32"), "llama.cpp Q4_0"),
+    "q4-int8": (("numpy q4 g64 int8", (4, 64), "int8"), "llama.cpp Q4_0"),
 }
 
 
@@ -47,10 +52,10 @@ def _serve(kind: str, path: str, context: int) -> None:
     (llama.cpp and OpenBLAS may write to stdout)."""
     out = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)
-    if kind == "numpy":
+    if kind.startswith("numpy"):  # "numpy" or "numpy:<precision>"
         from bench.engine_runners import EngineRunner, weights_of
 
-        runner: Any = EngineRunner(Path(path), "numpy")
+        runner: Any = EngineRunner(Path(path), "numpy", kind.partition(":")[2] or "fp32")
         info = {
             "weight_bytes": sum(w.nbytes for w in weights_of(runner.model.network)),
             "load_s": runner.load_s,
@@ -104,18 +109,18 @@ def run(args: argparse.Namespace, tmp: Path) -> tuple[dict, dict, dict]:
     model_dir = tmp / "qwen3-0.6b-shape"
     write_random_checkpoint(model_dir, QWEN3_06B)
     pairs = [PAIRS[p] for p in args.engines]
-    kinds = [peer.split()[-1] for _, peer in pairs]
+    kinds = list(dict.fromkeys(peer.split()[-1] for _, peer in pairs))  # Q8_0 once for q8 and q8-int8
     ggufs = llama_peer.gguf_models(model_dir, tmp, kinds)
     context = max([*args.prefill, args.decode_after]) + args.decode_steps + 16
     engines: dict[str, tuple[str, Path, Path]] = {}
     if args.before:  # the same bf16 checkpoint on another checkout's engine, first in every round
         engines["numpy bf16 before"] = ("numpy", model_dir, args.before.resolve())
-    for (ours, quant), peer in pairs:
-        ours_dir = model_dir
-        if quant is not None:
-            ours_dir = tmp / ours.replace(" ", "-")
-            write_quantized(model_dir, ours_dir, *quant)
-        engines[ours] = ("numpy", ours_dir, ROOT)
+    copies: dict[tuple[int, int] | None, Path] = {None: model_dir}
+    for (ours, quant, precision), peer in pairs:
+        if quant not in copies:
+            copies[quant] = tmp / f"q{quant[0]}-g{quant[1]}"
+            write_quantized(model_dir, copies[quant], *quant)
+        engines[ours] = (f"numpy:{precision}", copies[quant], ROOT)
         engines[peer] = ("llama", ggufs[peer.split()[-1]], ROOT)
     workers = {name: Worker(kind, path, context, tree) for name, (kind, path, tree) in engines.items()}
     tasks = [{"op": "prefill", "n": n} for n in args.prefill]
@@ -155,7 +160,7 @@ def render(speeds: dict, infos: dict, limits: dict, args: argparse.Namespace) ->
         if ref:
             ratios = [f"{max(s[label]) / max(ref[label]):.2f}x" for s in speeds.values()]
             lines.append(f"| {label}, best / llama.cpp F16 best | " + " | ".join(ratios) + " |")
-    peers = {ours: peer for (ours, _), peer in PAIRS.values()}
+    peers = {ours: peer for (ours, _, _), peer in PAIRS.values()}
     for label in labels:
         ratios = [
             f"{max(s[label]) / max(speeds[peers[n]][label]):.2f}x" if peers.get(n) in speeds else ""
@@ -186,7 +191,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument(
         "--engines",
-        default="bf16,q8,q4",
+        default="bf16,q8,q8-int8,q4,q4-int8",
         help=f"comma-separated pairs of ours and llama.cpp's: {', '.join(PAIRS)}",
     )
     parser.add_argument(
