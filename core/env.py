@@ -22,5 +22,15 @@ def env_int(name: str, default: int) -> int:
         raise UsageError(f"{name}={raw!r} is not an integer") from None
 
 
+def env_choice(name: str, choices: tuple[str, ...], default: str) -> str:
+    """The value of $name, one of `choices`, or `default` when unset or empty."""
+    raw = os.environ.get(name)
+    if not raw:
+        return default
+    if raw not in choices:
+        raise UsageError(f"{name}={raw!r}: choose one of {', '.join(choices)}")
+    return raw
+
+
 def set_blas_spin_default() -> None:
     os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", OPENBLAS_SPIN_LOG2_CYCLES)

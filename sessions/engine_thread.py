@@ -121,10 +121,10 @@ class EngineThread:
 
     def _load_into(self, key: tuple[str, str | None], future: Future[Any]) -> None:
         try:
-            if self._load is None:
-                import engine  # imported on first use: listing and searching sessions never load numpy
+            if self._load is None:  # imported on first use: listing and searching sessions never load numpy
+                from sessions.options import engine_load
 
-                self._load = engine.load_model
+                self._load = engine_load
             model = self._load(*key)
         except BaseException as exc:
             with self._lock:

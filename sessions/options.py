@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from core.env import env_choice
 from core.errors import NotFound, UsageError
 from sessions.model import Settings
 
@@ -100,8 +101,14 @@ def check_model_exists(name: str) -> None:
         raise NotFound(f"model {name!r} not found: {exc}") from None
 
 
-def engine_load(name: str, backend: str | None) -> Any:
-    """The service's default model loader (the engine thread calls it)."""
-    import engine
+PRECISION_ENV = "WORKBENCH_PRECISION"  # fp32 (exact, the default) | int8 (engine/precision.py)
 
-    return engine.load_model(name, backend=backend)
+
+def engine_load(name: str, backend: str | None) -> Any:
+    """The service's default model loader (the engine thread calls it), at $WORKBENCH_PRECISION (a
+    process-wide setting: `workbench --precision` sets it for the process and its workers)."""
+    import engine
+    from engine.precision import DEFAULT, PRECISIONS
+
+    precision = env_choice(PRECISION_ENV, PRECISIONS, DEFAULT)
+    return engine.load_model(name, backend=backend, precision=precision)

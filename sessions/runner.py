@@ -20,6 +20,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
+from core.errors import UsageError
 from sessions.agent_turn import cache_bust, run_agent_turn, tool_schemas
 from sessions.events import (
     CacheStats,
@@ -185,6 +186,8 @@ def load(state: TurnState) -> None:
         job.turn.emit(ModelLoading(sid, name=name, bytes=size or 0, done=False))
     try:
         state.model = job.load_model(name, backend, job.turn.cancel_event)
+    except UsageError as exc:  # a setting the loader reads, e.g. a bad $WORKBENCH_PRECISION
+        raise TurnFailed(str(exc), exc.exit_code) from None
     except (EngineError, OSError) as exc:
         code = 3 if isinstance(exc, ModelNotFoundError | FileNotFoundError) else 1
         if job.is_new or job.options.model:

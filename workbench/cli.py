@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
+from core.env import env_choice
 from core.errors import UsageError, WorkbenchError
+from sessions.options import PRECISION_ENV
 from workbench import headless
 
 COMMAND_MODULES = [
@@ -25,6 +28,9 @@ COMMAND_MODULES = [
     "workbench.cmd_index",
     "workbench.cmd_serve",
 ]
+
+
+PRECISIONS = ("fp32", "int8")  # engine/precision.py's (engine is not imported for a --help)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -44,7 +50,21 @@ def build_parser() -> argparse.ArgumentParser:
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
     headless.add_arguments(parser)
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        help="how quantized (MLX 4/8-bit) models compute on numpy: fp32 exact (default), int8 activations "
+        f"(faster decode, slightly different numbers); for this process and its workers (${PRECISION_ENV})",
+    )
     return parser
+
+
+def _apply_precision(args: argparse.Namespace) -> None:
+    """--precision for every model this process (and any worker it starts) loads; a bad
+    $WORKBENCH_PRECISION is an error here, before anything starts."""
+    if getattr(args, "precision", None):
+        os.environ[PRECISION_ENV] = args.precision
+    env_choice(PRECISION_ENV, PRECISIONS, PRECISIONS[0])
 
 
 def _engine_exit_code(exc: Exception) -> int | None:
@@ -64,6 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args = build_parser().parse_args(argv)
+        _apply_precision(args)
         if args.func is not None:
             return int(args.func(args))
         if headless.wants_headless(args):
