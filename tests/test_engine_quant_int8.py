@@ -111,13 +111,15 @@ def test_decode_product_is_the_int8_maths_on_both_paths(
     assert np.abs(portable - (got - b)).max() <= tolerance
 
 
-@pytest.mark.parametrize(
-    ("rows", "cols", "group"), [(3, 64, 64), (7, 160, 32), (70, 160, 32), (65, 384, 128)]
-)
+ODD_SHAPES = [(3, 64, 64), (7, 160, 32), (70, 160, 32), (65, 384, 128), (9, 4160, 32), (5, 9216, 128)]
+
+
+@pytest.mark.parametrize(("rows", "cols", "group"), ODD_SHAPES)
 @pytest.mark.parametrize("bits", [4, 8])
 def test_decode_product_at_odd_shapes(bits: int, rows: int, cols: int, group: int) -> None:
-    """Fewer rows than a group of four, a tail of rows, and 4-bit columns that are not a multiple of 64
-    (the 64-column vector loop does not apply: those rows take the portable loop)."""
+    """Fewer rows than a group of four, a tail of rows, 4-bit columns that are not a multiple of 64 (the
+    64-column vector loop does not apply: those rows take the portable loop), rows of more groups than
+    the vector loops widen scales for at once (64), and x over the 32 KB the C side keeps on its stack."""
     weight = int8_weight(rows, cols, group, bits, "float16")
     x = rng.standard_normal((1, cols)).astype(np.float32)
     expected = int8_reference(weight, x)

@@ -137,6 +137,16 @@ static AI float bias_dot(const struct q8act_args *a, int64_t r) {
     return total;
 }
 
+/* Scales of groups [g0, g0 + n) of row r as floats (n <= SPAN), eight per step: a broadcast from this
+ * buffer is one load, where converting a 16-bit scale per group per row cost four instructions. */
+#define SPAN 64
+static AI void span_scales(const struct q8act_args *a, int64_t r, int64_t g0, int64_t n, float *out) {
+    const int64_t at = r * (a->cols / a->group) + g0;
+    int64_t g = 0;
+    for (; g + 8 <= n; g += 8) _mm256_storeu_ps(out + g, coef8(a->scales, at + g, a->kind));
+    for (; g < n; g++) out[g] = coef_at(a->scales, at + g, a->kind);
+}
+
 /* 32 8-bit q (bytes, 0..255) times 32 xq: 8 int32 lanes, lane j = sum over values 4j..4j+3.
  * maddubs multiplies unsigned by signed bytes and adds pairs into int16 with saturation; q * xq pairs
  * reach 2 * 255 * 127 = 64770, over 32767. So it multiplies |q - 128| (0..128 as unsigned) by xq with
@@ -153,26 +163,31 @@ static AI __m256i q8_dot32(__m256i q, __m256i xq) {
 static AI void q8_rows(const struct q8act_args *a, int64_t r, const int NR, const int64_t group) {
     const int64_t cols = a->cols, groups = cols / group;
     const uint8_t *row[4];
+    float scale[4][SPAN];
     __m256 acc[4];
     for (int j = 0; j < NR; j++) row[j] = (const uint8_t *)a->w + (r + j) * cols, acc[j] = _mm256_setzero_ps();
-    for (int64_t g = 0; g < groups; g++) {
-        const int64_t k0 = g * group;
-        for (int64_t line = 0; line < group; line += 64)
-            for (int j = 0; j < NR; j++) __builtin_prefetch(row[j] + Q8ACT_AHEAD * cols + k0 + line, 0, 2);
-        __m256 dot[4];
-        for (int j = 0; j < NR; j++) dot[j] = _mm256_setzero_ps();
-        for (int64_t k = k0; k < k0 + group; k += 32) {
-            const __m256i xq = _mm256_loadu_si256((const __m256i *)(a->x.q + k));
-            const __m256i back = _mm256_loadu_si256((const __m256i *)(a->x.q8_back + k / 4));
-            const __m256 d = _mm256_broadcast_ss(a->x.d + k / 32);
-            for (int j = 0; j < NR; j++) {
-                const __m256i q = _mm256_loadu_si256((const __m256i *)(row[j] + k));
-                const __m256i sum = _mm256_add_epi32(q8_dot32(q, xq), back);
-                dot[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), d, dot[j]);
+    for (int64_t g0 = 0; g0 < groups; g0 += SPAN) {
+        const int64_t n = groups - g0 < SPAN ? groups - g0 : SPAN;
+        for (int j = 0; j < NR; j++) span_scales(a, r + j, g0, n, scale[j]);
+        for (int64_t g = g0; g < g0 + n; g++) {
+            const int64_t k0 = g * group;
+            for (int64_t line = 0; line < group; line += 64)
+                for (int j = 0; j < NR; j++) __builtin_prefetch(row[j] + Q8ACT_AHEAD * cols + k0 + line, 0, 2);
+            __m256 dot[4];
+            for (int j = 0; j < NR; j++) dot[j] = _mm256_setzero_ps();
+            for (int64_t k = k0; k < k0 + group; k += 32) {
+                const __m256i xq = _mm256_loadu_si256((const __m256i *)(a->x.q + k));
+                const __m256i back = _mm256_loadu_si256((const __m256i *)(a->x.q8_back + k / 4));
+                const __m256 d = _mm256_broadcast_ss(a->x.d + k / 32);
+                for (int j = 0; j < NR; j++) {
+                    const __m256i q = _mm256_loadu_si256((const __m256i *)(row[j] + k));
+                    const __m256i sum = _mm256_add_epi32(q8_dot32(q, xq), back);
+                    dot[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), d, dot[j]);
+                }
             }
+            for (int j = 0; j < NR; j++)
+                acc[j] = _mm256_fmadd_ps(dot[j], _mm256_broadcast_ss(&scale[j][g - g0]), acc[j]);
         }
-        for (int j = 0; j < NR; j++)
-            acc[j] = _mm256_fmadd_ps(dot[j], _mm256_set1_ps(coef_at(a->scales, (r + j) * groups + g, a->kind)), acc[j]);
     }
     for (int j = 0; j < NR; j++) a->y[r + j] = hsum8(acc[j]) + bias_dot(a, r + j);
 }
@@ -187,34 +202,40 @@ static AI __m256i q4_dot64(__m256i v, __m256i x_even, __m256i x_odd) {
     return _mm256_madd_epi16(pairs, _mm256_set1_epi16(1));
 }
 
-/* The scale of 64 columns from column c: one group's, or for groups of 32 two (four lanes each). */
-static AI __m256 q4_scale(const struct q8act_args *a, int64_t at, const int64_t group) {
-    if (group > 32) return _mm256_set1_ps(coef_at(a->scales, at, a->kind));
-    return _mm256_set_m128(_mm_set1_ps(coef_at(a->scales, at + 1, a->kind)), _mm_set1_ps(coef_at(a->scales, at, a->kind)));
+/* The scale of 64 columns: one group's, or for groups of 32 two (four lanes each); s: the first. */
+static AI __m256 q4_scale(const float *s, const int64_t group) {
+    if (group > 32) return _mm256_broadcast_ss(s);
+    return _mm256_set_m128(_mm_broadcast_ss(s + 1), _mm_broadcast_ss(s));
 }
 
 /* NR rows of a 4-bit weight (columns a multiple of 64) from row r, group fixed at compile time. */
 static AI void q4_rows(const struct q8act_args *a, int64_t r, const int NR, const int64_t group) {
-    const int64_t cols = a->cols, bytes = cols / 2, groups = cols / group, step = group > 64 ? group : 64;
+    const int64_t cols = a->cols, bytes = cols / 2, step = group > 64 ? group : 64;
+    const int64_t span_cols = SPAN * group; /* a multiple of step */
     const uint8_t *row[4];
+    float scale[4][SPAN];
     __m256 acc[4];
     for (int j = 0; j < NR; j++) row[j] = (const uint8_t *)a->w + (r + j) * bytes, acc[j] = _mm256_setzero_ps();
-    for (int64_t k0 = 0; k0 < cols; k0 += step) { /* one group, or two of 32 */
-        for (int64_t line = 0; line < step / 2; line += 64)
-            for (int j = 0; j < NR; j++) __builtin_prefetch(row[j] + Q8ACT_AHEAD * bytes + k0 / 2 + line, 0, 2);
-        __m256 dot[4];
-        for (int j = 0; j < NR; j++) dot[j] = _mm256_setzero_ps();
-        for (int64_t k = k0; k < k0 + step; k += 64) {
-            const __m256i x_even = _mm256_loadu_si256((const __m256i *)(a->x.q4_perm + k));
-            const __m256i x_odd = _mm256_loadu_si256((const __m256i *)(a->x.q4_perm + k + 32));
-            const __m256 d = _mm256_loadu_ps(a->x.q4_d + k / 8);
-            for (int j = 0; j < NR; j++) {
-                const __m256i v = _mm256_loadu_si256((const __m256i *)(row[j] + k / 2));
-                dot[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(q4_dot64(v, x_even, x_odd)), d, dot[j]);
+    for (int64_t c0 = 0; c0 < cols; c0 += span_cols) {
+        const int64_t g0 = c0 / group, c1 = cols - c0 < span_cols ? cols : c0 + span_cols;
+        for (int j = 0; j < NR; j++) span_scales(a, r + j, g0, (c1 - c0) / group, scale[j]);
+        for (int64_t k0 = c0; k0 < c1; k0 += step) { /* one group, or two of 32 */
+            for (int64_t line = 0; line < step / 2; line += 64)
+                for (int j = 0; j < NR; j++) __builtin_prefetch(row[j] + Q8ACT_AHEAD * bytes + k0 / 2 + line, 0, 2);
+            __m256 dot[4];
+            for (int j = 0; j < NR; j++) dot[j] = _mm256_setzero_ps();
+            for (int64_t k = k0; k < k0 + step; k += 64) {
+                const __m256i x_even = _mm256_loadu_si256((const __m256i *)(a->x.q4_perm + k));
+                const __m256i x_odd = _mm256_loadu_si256((const __m256i *)(a->x.q4_perm + k + 32));
+                const __m256 d = _mm256_loadu_ps(a->x.q4_d + k / 8);
+                for (int j = 0; j < NR; j++) {
+                    const __m256i v = _mm256_loadu_si256((const __m256i *)(row[j] + k / 2));
+                    dot[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(q4_dot64(v, x_even, x_odd)), d, dot[j]);
+                }
             }
+            for (int j = 0; j < NR; j++)
+                acc[j] = _mm256_fmadd_ps(dot[j], q4_scale(&scale[j][k0 / group - g0], group), acc[j]);
         }
-        for (int j = 0; j < NR; j++)
-            acc[j] = _mm256_fmadd_ps(dot[j], q4_scale(a, (r + j) * groups + k0 / group, group), acc[j]);
     }
     for (int j = 0; j < NR; j++) a->y[r + j] = hsum8(acc[j]) + bias_dot(a, r + j);
 }
@@ -251,7 +272,8 @@ static void prepare(const float *x, int64_t cols, int64_t group, struct act *s, 
         s->xsum[g] = sum;
     }
     for (int64_t k0 = 0; k0 + 64 <= cols; k0 += 64)
-        for (int i = 0; i < 32; i++) s->q4_perm[k0 + i] = s->q[k0 + 2 * i], s->q4_perm[k0 + 32 + i] = s->q[k0 + 2 * i + 1];
+        for (int i = 0; i < 32; i++)
+            s->q4_perm[k0 + i] = s->q[k0 + 2 * i], s->q4_perm[k0 + 32 + i] = s->q[k0 + 2 * i + 1];
     for (int64_t b = 0; b < blocks; b++) {
         int32_t sum = 0;
         for (int i = 0; i < 32; i++) sum += s->q[32 * b + i];
