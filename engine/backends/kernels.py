@@ -56,6 +56,9 @@ SIGNATURES = {
     # kernels_q8act.c (precision "int8")
     "gemv_q8act": [_P, _P, _P, _I, _P, _P, _I, _I, _I, _I, _I, _I],
     "q8act_quantize": [_P, _I, _P, _P],
+    # kernels_gemm.c (gemm_vector_path returns int64: callers set its restype)
+    "gemm_bf16": [_P, _P, _P, _I, _I, _I, _I, _I],
+    "gemm_vector_path": [],
 }
 
 _lock = threading.Lock()

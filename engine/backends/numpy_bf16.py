@@ -4,9 +4,11 @@ Qwen, Llama and most checkpoints on the hub ship bfloat16. Widened once at load,
 twice the size, and a decode step streams every weight once per token: half the bytes is the largest
 single speed-up a memory-bound decode can get (measured 1.6x for the matrix-vector products alone).
 
-Widening is exact (a bfloat16 is the top half of a float32), so every product equals the product with
-float32 weights:
-- one row (decode): kernels.c's `gemv_bf16` widens in registers;
+Widening is exact (a bfloat16 is the top half of a float32), so every product is the product with
+float32 weights (up to the order of its float32 additions):
+- one row (decode): kernels_matvec.c's `gemv_bf16` widens in registers;
+- a few rows (a short prefill, e.g. the new tokens of a resumed turn): kernels_gemm.c's `gemm_bf16`
+  reads each weight row once for all of them, widened in registers;
 - more rows (prefill): blocks of the weight are widened into a reused float32 buffer and go to BLAS,
   whose matmuls are compute-bound there, so the widening costs a few percent;
 - token lookups widen only the rows they read.
@@ -25,6 +27,9 @@ from engine.backends.numpy_threads import address, dense_f32, lasting_address, o
 
 WIDEN_BLOCK_BYTES = 32 << 20  # float32 bytes of a weight widened at once for BLAS: Qwen3-0.6B's largest
 # layer matrix (gate_up, 25 MB) in one go; bigger ones and the output embedding in blocks of rows
+
+GEMM_MAX_TOKENS = 96  # up to this many rows gemm_bf16 beats widening + BLAS (bench/bf16_gemm_bench.py:
+# 0.42-0.56x its time at 16 rows, 0.68-0.89x at 64, 0.95x at 96, 1.26x at 128 on 2 cores)
 
 _scratch = threading.local()
 
@@ -75,7 +80,8 @@ def weight(bits: np.ndarray) -> Bf16Weight | None:
 
 
 def linear(x: np.ndarray, w: Bf16Weight) -> np.ndarray:
-    """x @ w.T for x [..., in]: in C for one row, else through BLAS on widened blocks of w."""
+    """x @ w.T for x [..., in]: in C for one row and for up to GEMM_MAX_TOKENS rows (the weight read
+    once, widened in registers), else through BLAS on widened blocks of w."""
     lib = kernels.load()
     rows, cols = w.shape
     if lib is not None and x.ndim == 2 and x.shape[0] == 1 and dense_f32(x):
@@ -84,14 +90,36 @@ def linear(x: np.ndarray, w: Bf16Weight) -> np.ndarray:
         lib.gemv_bf16(lasting_address(w.bits), address(x), address(y), rows, cols, threads)
         return y
     flat = x.reshape(-1, cols)
-    y = np.empty((flat.shape[0], rows), dtype=np.float32)
+    short = lib is not None and flat.shape[0] <= GEMM_MAX_TOKENS
+    y = gemm(flat, w) if short else widened_matmul(flat, w)
+    return y.reshape(*x.shape[:-1], rows)
+
+
+def gemm(x: np.ndarray, w: Bf16Weight, portable: bool = False) -> np.ndarray:
+    """x [T, in] @ w.T by kernels_gemm.c's gemm_bf16 (C loops required); `portable` forces its plain C
+    loop (tests compare it with the vector path)."""
+    lib = kernels.load()
+    if lib is None:
+        raise RuntimeError("gemm_bf16 needs the C kernels (engine.backends.kernels)")
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    rows, cols = w.shape
+    y = np.empty((x.shape[0], rows), dtype=np.float32)
+    shape = (x.shape[0], rows, cols, numpy_threads.DECODE_THREADS)
+    lib.gemm_bf16(lasting_address(w.bits), address(x), address(y), *shape, int(portable))
+    return y
+
+
+def widened_matmul(x: np.ndarray, w: Bf16Weight) -> np.ndarray:
+    """x [T, in] @ w.T through BLAS, w widened block by block into the reused float32 buffer."""
+    rows, cols = w.shape
+    y = np.empty((x.shape[0], rows), dtype=np.float32)
     step = max(1, min(rows, WIDEN_BLOCK_BYTES // (4 * cols)))
     buffer = _widen_buffer(step * cols)
     for r0 in range(0, rows, step):
         r1 = min(rows, r0 + step)
         block = w.widen(slice(r0, r1), buffer[: (r1 - r0) * cols].reshape(r1 - r0, cols))
-        np.matmul(flat, block.T, out=y[:, r0:r1])
-    return y.reshape(*x.shape[:-1], rows)
+        np.matmul(x, block.T, out=y[:, r0:r1])
+    return y
 
 
 def embedding(table: Bf16Weight, ids: np.ndarray) -> np.ndarray:
