@@ -159,7 +159,15 @@ void softmax_keys(float *restrict scores, float *restrict sums, int64_t h0, int6
  * microseconds: handing work to Python threads (~140 us here) or waking sleeping threads for each
  * would cost as much as the work. These workers spin, yielding their core, for SPIN_NS after their
  * last job and then sleep. numpy's OpenBLAS is not called during decode, so its own workers sleep and
- * leave the cores to these (two sets of spinning workers on one core halve each other's speed). */
+ * leave the cores to these (two sets of spinning workers on one core halve each other's speed).
+ *
+ * Parts are claimed, not assigned: the caller and the workers take the next unclaimed part until none
+ * is left, and the caller waits only for workers that joined. On a machine shared with other work a
+ * worker whose core was taken (its time slice, another process) would otherwise hold up every call
+ * until it runs again; here the caller does that worker's parts itself. A worker joins a job by
+ * counting itself `active` and then checking that the job is still `open`: the caller closes it
+ * (after the last part is claimed) before it waits for `active` to drop to 0, so a late worker either
+ * is waited for or sees the job closed and never touches its arguments. */
 #include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>
@@ -171,13 +179,15 @@ void softmax_keys(float *restrict scores, float *restrict sums, int64_t h0, int6
 static pthread_mutex_t run_lock = PTHREAD_MUTEX_INITIALIZER; /* one parallel job at a time */
 static pthread_mutex_t wake_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t wake_cond = PTHREAD_COND_INITIALIZER;
-static _Atomic uint64_t posted;  /* job counter */
-static _Atomic int64_t pending;  /* workers still on the current job */
-static _Atomic int64_t sleepers; /* workers waiting on wake_cond */
+static _Atomic uint64_t posted;    /* job counter */
+static _Atomic uint64_t open_job;  /* the job workers may still join (0: none) */
+static _Atomic int64_t active;     /* workers inside a job */
+static _Atomic int64_t next_part;  /* the current job's next unclaimed part */
+static _Atomic int64_t sleepers;   /* workers waiting on wake_cond */
 static task_fn job_fn;
 static void *job_ctx;
-static int64_t job_parts;
-static int64_t n_workers; /* started; part ids 1..n_workers */
+static int64_t job_parts, job_threads;
+static int64_t n_workers; /* started; ids 1..n_workers */
 static uint64_t first_job[MAX_THREADS]; /* the job counter when worker i was started */
 static int atfork_set;
 
@@ -185,6 +195,16 @@ static int64_t now_ns(void) {
     struct timespec t;
     clock_gettime(CLOCK_MONOTONIC, &t);
     return (int64_t)t.tv_sec * 1000000000LL + t.tv_nsec;
+}
+
+static void claim_parts(task_fn fn, void *ctx, int64_t parts) {
+    for (int64_t p; (p = atomic_fetch_add(&next_part, 1)) < parts;) fn(ctx, p, parts);
+}
+
+static void join_job(int64_t id, uint64_t job) {
+    atomic_fetch_add(&active, 1); /* seq_cst, before the check: the caller waits for us or we see it closed */
+    if (atomic_load(&open_job) == job && id < job_threads) claim_parts(job_fn, job_ctx, job_parts);
+    atomic_fetch_sub(&active, 1);
 }
 
 static void *worker_main(void *arg) {
@@ -195,8 +215,7 @@ static void *worker_main(void *arg) {
         const uint64_t p = atomic_load_explicit(&posted, memory_order_acquire);
         if (p != seen) {
             seen = p;
-            if (id < job_parts) job_fn(job_ctx, id, job_parts);
-            atomic_fetch_sub_explicit(&pending, 1, memory_order_acq_rel);
+            join_job(id, p);
             idle_since = now_ns();
             continue;
         }
@@ -218,41 +237,53 @@ static void forget_workers(void) { /* in a forked child: the workers stayed with
     pthread_mutex_init(&run_lock, NULL);
     pthread_mutex_init(&wake_lock, NULL);
     pthread_cond_init(&wake_cond, NULL);
-    atomic_store(&pending, 0);
+    atomic_store(&active, 0);
+    atomic_store(&open_job, 0);
     atomic_store(&sleepers, 0);
 }
 
-/* fn(ctx, part, parts) for part in [0, parts), part 0 on the calling thread. */
-void run_parallel(task_fn fn, void *ctx, int64_t parts) {
-    if (parts > MAX_THREADS) parts = MAX_THREADS;
-    if (parts <= 1) {
-        fn(ctx, 0, 1);
-        return;
-    }
-    pthread_mutex_lock(&run_lock);
+static void start_workers(int64_t wanted) {
     if (!atfork_set) atfork_set = !pthread_atfork(NULL, NULL, forget_workers);
-    while (n_workers < parts - 1) {
+    while (n_workers < wanted) {
         pthread_t t;
         first_job[n_workers + 1] = atomic_load(&posted);
         if (pthread_create(&t, NULL, worker_main, (void *)(intptr_t)(n_workers + 1)) != 0) break;
         pthread_detach(t);
         n_workers++;
     }
-    if (n_workers < parts - 1) parts = n_workers + 1;
-    job_fn = fn, job_ctx = ctx, job_parts = parts;
-    atomic_store(&pending, n_workers);
-    atomic_fetch_add_explicit(&posted, 1, memory_order_seq_cst);
+}
+
+/* fn(ctx, part, parts) once for each part in [0, parts), by the calling thread and up to threads - 1
+ * workers, whichever claims it first (a part is never split, so it may keep per-part state). */
+void run_parts(task_fn fn, void *ctx, int64_t parts, int64_t threads) {
+    if (threads > MAX_THREADS) threads = MAX_THREADS;
+    if (threads > parts) threads = parts;
+    if (threads <= 1) {
+        for (int64_t p = 0; p < parts; p++) fn(ctx, p, parts);
+        return;
+    }
+    pthread_mutex_lock(&run_lock);
+    start_workers(threads - 1);
+    job_fn = fn, job_ctx = ctx, job_parts = parts, job_threads = threads;
+    atomic_store(&next_part, 0);
+    const uint64_t job = atomic_load(&posted) + 1;
+    atomic_store(&open_job, job);
+    atomic_store(&posted, job); /* seq_cst: publishes the fields above */
     if (atomic_load(&sleepers) > 0) {
         pthread_mutex_lock(&wake_lock);
         pthread_cond_broadcast(&wake_cond);
         pthread_mutex_unlock(&wake_lock);
     }
-    fn(ctx, 0, parts);
-    for (unsigned n = 0; atomic_load_explicit(&pending, memory_order_acquire) > 0; n++) {
+    claim_parts(fn, ctx, parts);
+    atomic_store(&open_job, 0);
+    for (unsigned n = 0; atomic_load(&active) > 0; n++) {
         if (n > 64) sched_yield();
     }
     pthread_mutex_unlock(&run_lock);
 }
+
+/* fn(ctx, part, parts) for part in [0, parts), one part per thread while the threads are there. */
+void run_parallel(task_fn fn, void *ctx, int64_t parts) { run_parts(fn, ctx, parts, parts); }
 
 /* Attention of one new position: q [H, D]; keys and values of kv head j at k + j * ldh, v + j * ldh,
  * one row of D per position, S positions; out [H, D]; scratch [H, S]. Query head h reads kv head
@@ -339,5 +370,5 @@ static void attend_part(void *ctx, int64_t part, int64_t parts) {
 void attend_one(const float *q, const float *k, const float *v, float *out, float *scratch, int64_t H,
                 int64_t Hkv, int64_t S, int64_t D, int64_t ldh, float scale, int64_t threads) {
     struct attend_args a = {q, k, v, out, scratch, H, Hkv, S, D, ldh, scale};
-    run_parallel(attend_part, &a, threads < Hkv ? threads : Hkv);
+    run_parts(attend_part, &a, Hkv, threads); /* one kv head per part: a late core's heads go to the others */
 }

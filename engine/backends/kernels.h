@@ -7,7 +7,11 @@
 
 typedef void (*task_fn)(void *ctx, int64_t part, int64_t parts);
 
-/* fn(ctx, part, parts) for part in [0, parts), part 0 on the calling thread; one job at a time. */
+/* fn(ctx, part, parts) once for each part in [0, parts), on up to `parts` threads (the calling one
+ * among them), each part taken by whichever thread claims it first; one job at a time. */
 void run_parallel(task_fn fn, void *ctx, int64_t parts);
+
+/* The same on up to `threads` threads: more parts than threads balance the load between cores. */
+void run_parts(task_fn fn, void *ctx, int64_t parts, int64_t threads);
 
 #endif

@@ -12,7 +12,7 @@
  * Paths: AVX2+FMA (one 32-byte load holds 16 bfloat16s; the even ones are the lanes shifted left by 16,
  * the odd ones the lanes masked, so x is reordered once per call to match, as gemv_bf16 does), else a
  * portable loop that widens a row into a small buffer and takes dot products with `omp simd` (also
- * callable on x86, for the tests to compare). Rows are split over the cores by run_parallel.
+ * callable on x86, for the tests to compare). Rows are split over the cores by run_parts.
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -141,13 +141,13 @@ int64_t gemm_vector_path(void) {
 void gemm_bf16(const uint16_t *w, const float *x, float *y, int64_t T, int64_t N, int64_t K, int64_t threads,
                int64_t portable) {
     struct gemm_args a = {w, x, y, T, N, K};
-    const int64_t parts = N >= 64 * threads ? threads : 1;
+    const int64_t parts = N >= 256 * threads ? 4 * threads : (N >= 64 * threads ? threads : 1);
 #ifdef GEMM_AVX2
     if (!portable) {
-        run_parallel(gemm_avx2_part, &a, parts);
+        run_parts(gemm_avx2_part, &a, parts, threads);
         return;
     }
 #endif
     (void)portable;
-    run_parallel(gemm_portable_part, &a, parts);
+    run_parts(gemm_portable_part, &a, parts, threads);
 }

@@ -162,9 +162,16 @@ static void gemv_bf16_avx2_part(void *ctx, int64_t part, int64_t parts) {
 #define GEMV_BF16_PART gemv_bf16_part
 #endif
 
+/* Parts of a product: a few per thread, so that a core that falls behind (another process took it for
+ * a while) leaves its later parts to the others (run_parts), but each at least 64 rows. */
+static int64_t gemv_parts(int64_t rows, int64_t threads) {
+    if (rows >= 256 * threads) return 4 * threads;
+    return rows >= 64 * threads ? threads : 1;
+}
+
 void gemv(const float *w, const float *x, float *y, int64_t rows, int64_t cols, int64_t threads) {
     struct gemv_args a = {w, x, y, rows, cols};
-    run_parallel(gemv_part, &a, rows >= 64 * threads ? threads : 1);
+    run_parts(gemv_part, &a, gemv_parts(rows, threads), threads);
 }
 
 void gemv_bf16(const uint16_t *w, const float *x, float *y, int64_t rows, int64_t cols, int64_t threads) {
@@ -177,7 +184,7 @@ void gemv_bf16(const uint16_t *w, const float *x, float *y, int64_t rows, int64_
         for (int i = 0; i < 8; i++) xperm[b + i] = x[b + 2 * i], xperm[b + 8 + i] = x[b + 2 * i + 1];
     a.xperm = xperm;
 #endif
-    run_parallel(GEMV_BF16_PART, &a, rows >= 64 * threads ? threads : 1);
+    run_parts(GEMV_BF16_PART, &a, gemv_parts(rows, threads), threads);
 #ifdef GEMV_BF16_XPERM
     if (xperm != stack) free(xperm);
 #endif
