@@ -18,25 +18,6 @@
 
 #include "kernels.h"
 
-/* exp(x): 2^n * p(r), |r| <= ln2/2, degree-6 Taylor polynomial (relative error < 2e-7). Written out
- * so that the loops calling it vectorise (a libm call per element does not). */
-static inline float exp_poly(float x) {
-    x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
-    float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f; /* round(x / ln2) */
-    float r = x - n * 0.693359375f + n * 2.12194440e-4f;
-    float p = 1.0f / 720.0f;
-    p = p * r + 1.0f / 120.0f;
-    p = p * r + 1.0f / 24.0f;
-    p = p * r + 1.0f / 6.0f;
-    p = p * r + 0.5f;
-    p = p * r + 1.0f;
-    p = p * r + 1.0f;
-    int32_t bits = ((int32_t)n + 127) << 23;
-    float scale;
-    memcpy(&scale, &bits, sizeof scale);
-    return p * scale;
-}
-
 /* RMSNorm as HF's Qwen/Llama (float32): out = x / sqrt(mean(x^2) + eps) * w.
  * Rows are (t, h) for t in [r0, r1), h in [0, H): row (t, h) starts at x + t * ldt + h * ldh;
  * out is contiguous [T, H, n]. */
@@ -101,7 +82,7 @@ void silu_mul(const float *restrict gate_up, float *restrict out, int64_t r0, in
         const float *restrict g = gate_up + t * ld, *restrict u = g + I;
         float *restrict o = out + t * I;
 #pragma omp simd
-        for (int64_t i = 0; i < I; i++) o[i] = g[i] / (1.0f + exp_poly(-g[i])) * u[i];
+        for (int64_t i = 0; i < I; i++) o[i] = g[i] / (1.0f + exp_poly6(-g[i])) * u[i];
     }
 }
 
@@ -142,7 +123,7 @@ void softmax_keys(float *restrict scores, float *restrict sums, int64_t h0, int6
                 float *restrict row = x + s * R + c0;
 #pragma omp simd
                 for (int c = 0; c < nc; c++) {
-                    float e = exp_poly(row[c] - peak[c]);
+                    float e = exp_poly6(row[c] - peak[c]);
                     e = s <= limit[c] ? e : 0.0f;
                     row[c] = e;
                     acc[c] += e;
@@ -324,7 +305,7 @@ static inline __attribute__((always_inline)) void attend_group(const float *rest
         float total = 0.0f;
 #pragma omp simd reduction(+ : total)
         for (int64_t s = 0; s < S; s++) {
-            const float e = exp_poly(pg[s] - m);
+            const float e = exp_poly6(pg[s] - m);
             pg[s] = e;
             total += e;
         }

@@ -59,6 +59,8 @@ SIGNATURES = {
     # kernels_gemm.c (gemm_vector_path returns int64: callers set its restype)
     "gemm_bf16": [_P, _P, _P, _I, _I, _I, _I, _I],
     "gemm_vector_path": [],
+    # kernels_fused.c (returns int64: numpy_decode sets its restype)
+    "gemv_fused": [_P, _I, _P, _P, _I, _I, _I, _P, _F, _P, _P, _I],
 }
 
 _lock = threading.Lock()

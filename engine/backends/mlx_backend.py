@@ -66,14 +66,34 @@ def quantized_weight(
     return QuantizedWeight(mx.array(w), asarray(scales), asarray(biases), group_size, bits)
 
 
-def linear(x: mx.array, w: mx.array | QuantizedWeight, b: mx.array | None = None) -> mx.array:
+Norm = tuple[mx.array, float]  # (RMSNorm weight, eps)
+
+
+def linear(
+    x: mx.array, w: mx.array | QuantizedWeight, b: mx.array | None = None, norm: Norm | None = None,
+    residual: mx.array | None = None,
+) -> mx.array:  # fmt: skip
+    """rms_norm(x, *norm) @ w.T (+ b) (+ residual); mlx fuses the graph itself, so these are plain ops."""
+    if norm is not None:
+        x = mx.fast.rms_norm(x, norm[0], norm[1])
     if isinstance(w, QuantizedWeight):
         y = mx.quantized_matmul(
             x, w.w, w.scales, w.biases, transpose=True, group_size=w.group_size, bits=w.bits
         )
     else:
         y = x @ w.T
-    return y + b if b is not None else y
+    if b is not None:
+        y = y + b
+    return y + residual if residual is not None else y
+
+
+def swiglu_linear(
+    x: mx.array, w: mx.array | QuantizedWeight, b: mx.array | None = None, norm: Norm | None = None
+) -> mx.array:
+    """silu(gate) * up of z = linear(x, w, b, norm) for a stacked [gate; up] weight (2 I rows)."""
+    half = w.shape[0] // 2
+    gate_up = linear(x, w, b, norm)
+    return silu_mul(gate_up[:, :half], gate_up[:, half:])
 
 
 def embedding(table: mx.array | QuantizedWeight, ids: Any) -> mx.array:

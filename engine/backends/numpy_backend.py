@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.backends import kernels, numpy_bf16, numpy_quant, numpy_threads
+from engine.backends import kernels, numpy_bf16, numpy_decode, numpy_quant, numpy_threads
 from engine.backends.numpy_attention import sdpa as sdpa  # the backend's attention op (numpy_attention.py)
 from engine.backends.numpy_threads import (
     address,
@@ -120,23 +120,53 @@ def use_precision(matrices: list, precision: str) -> int:
 Weight = np.ndarray | numpy_bf16.Bf16Weight | numpy_quant.QuantWeight
 
 
-def linear(x: np.ndarray, w: Weight, b: np.ndarray | None = None) -> np.ndarray:
-    """x @ w.T (+ b) for a [out, in] weight. One row (decode): the C loops' matrix-vector product on
-    DECODE_THREADS cores, as fast as OpenBLAS's and without waking its threads (see kernels.c)."""
+Norm = tuple[np.ndarray, float]  # (RMSNorm weight, eps)
+
+
+def linear(
+    x: np.ndarray, w: Weight, b: np.ndarray | None = None, norm: Norm | None = None,
+    residual: np.ndarray | None = None,
+) -> np.ndarray:  # fmt: skip
+    """rms_norm(x, *norm) @ w.T (+ b) (+ residual) for a [out, in] weight; `norm` and `residual` are
+    optional. One row (decode): one C call for all of it (numpy_decode: the matrix-vector product on
+    DECODE_THREADS cores, as fast as OpenBLAS's and without waking its threads, see kernels.c)."""
+    y = numpy_decode.one_row(x, w, b, norm, residual)
+    if y is not None:
+        return y
+    if norm is not None:
+        x = rms_norm(x, *norm)
+    y = _product(x, w)
+    if b is not None:
+        y += b
+    if residual is not None:
+        y += residual
+    return y
+
+
+def swiglu_linear(
+    x: np.ndarray, w: Weight, b: np.ndarray | None = None, norm: Norm | None = None
+) -> np.ndarray:
+    """silu(gate) * up of z = linear(x, w, b, norm) for a stacked [gate; up] weight (2 I rows): [.., I]."""
+    half = w.shape[0] // 2
+    y = numpy_decode.one_row(x, w, b, norm, None, half)
+    if y is not None:
+        return y
+    gate_up = linear(x, w, b, norm)
+    return silu_mul(gate_up[:, :half], gate_up[:, half:])
+
+
+def _product(x: np.ndarray, w: Weight) -> np.ndarray:
     lib = kernels.load()
     if isinstance(w, numpy_bf16.Bf16Weight):
-        y = numpy_bf16.linear(x, w)
-    elif isinstance(w, numpy_quant.QuantWeight):
-        y = numpy_quant.linear(x, w)
-    elif lib is not None and x.shape[0] == 1 and x.ndim == 2 and dense_f32(x) and dense_f32(w):
+        return numpy_bf16.linear(x, w)
+    if isinstance(w, numpy_quant.QuantWeight):
+        return numpy_quant.linear(x, w)
+    if lib is not None and x.shape[0] == 1 and x.ndim == 2 and dense_f32(x) and dense_f32(w):
         y = np.empty((1, w.shape[0]), dtype=np.float32)
         rows, cols = w.shape
         lib.gemv(lasting_address(w), address(x), address(y), rows, cols, numpy_threads.DECODE_THREADS)
-    else:
-        y = x @ w.T
-    if b is not None:
-        y += b
-    return y
+        return y
+    return x @ w.T
 
 
 def embedding(table: Weight, ids: Any) -> np.ndarray:

@@ -51,7 +51,9 @@ class BaseModelArgs:
 
 
 class MLP:
-    """SwiGLU: down(silu(gate(x)) * up(x)), with gate and up fused into one matmul."""
+    """SwiGLU: down(silu(gate(x)) * up(x)), with gate and up fused into one matmul. The RMSNorm before it
+    and the residual add after it are passed in, so that a backend can fuse them into the products
+    (numpy decode: one C call each, numpy_decode.py)."""
 
     def __init__(
         self,
@@ -69,10 +71,10 @@ class MLP:
         )
         self.down, self.down_bias = w.linear([f"{prefix}.down_proj"], [hidden], intermediate, bias)
 
-    def __call__(self, x: Any) -> Any:
-        gate_up = self.ops.linear(x, self.gate_up, self.gate_up_bias)  # [T, 2I]
-        act = self.ops.silu_mul(gate_up[:, : self.intermediate], gate_up[:, self.intermediate :])
-        return self.ops.linear(act, self.down, self.down_bias)
+    def __call__(self, x: Any, norm: tuple[Any, float] | None = None, residual: Any = None) -> Any:
+        """residual + down(swiglu(gate_up(rms_norm(x, *norm)))); norm and residual optional."""
+        act = self.ops.swiglu_linear(x, self.gate_up, self.gate_up_bias, norm)  # [T, I]
+        return self.ops.linear(act, self.down, self.down_bias, residual=residual)
 
 
 class Block:
@@ -99,12 +101,11 @@ class Block:
     def __call__(self, x: Any, cache: KVCache, layer: int, offset: int, keep: slice | None = None) -> Any:
         """`keep`: only these rows' outputs are read (see CausalLM); every row's keys and values still
         go to the cache. None when no row is kept."""
-        normed = self.ops.rms_norm(x, self.input_layernorm, self.eps)
-        attn = self.self_attn(normed, cache, layer, offset, keep)
+        attn = self.self_attn(x, cache, layer, offset, keep, norm=(self.input_layernorm, self.eps))
         if attn is None:
             return None
         h = (x if keep is None else x[keep]) + attn
-        return h + self.mlp(self.ops.rms_norm(h, self.post_attention_layernorm, self.eps))
+        return self.mlp(h, norm=(self.post_attention_layernorm, self.eps), residual=h)
 
 
 def kept_rows(x: Any, offset: int, t: int, keep: slice | None) -> tuple[Any, int, int]:
@@ -168,5 +169,4 @@ class CausalLM:
             h = layer(h, cache, i, offset, keep if i == last else None)
         if logits == "none":
             return None
-        h = self.ops.rms_norm(h, self.norm, self.args.rms_norm_eps)
-        return self.ops.linear(h, self.lm_head)
+        return self.ops.linear(h, self.lm_head, norm=(self.norm, self.args.rms_norm_eps))

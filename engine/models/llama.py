@@ -41,9 +41,13 @@ class Attention:
             [f"{prefix}.o_proj"], [args.hidden_size], q_size, args.attention_bias
         )
 
-    def __call__(self, x: Any, cache: KVCache, layer: int, offset: int, keep: slice | None = None) -> Any:
+    def __call__(
+        self, x: Any, cache: KVCache, layer: int, offset: int, keep: slice | None = None,
+        norm: tuple[Any, float] | None = None,
+    ) -> Any:  # fmt: skip
+        """Attention over rms_norm(x, *norm) (the block's input norm, fused into the qkv product)."""
         ops, t, d = self.ops, x.shape[0], self.head_dim
-        qkv = ops.linear(x, self.qkv, self.qkv_bias)  # [T, (H + 2 Hkv) * D]
+        qkv = ops.linear(x, self.qkv, self.qkv_bias, norm)  # [T, (H + 2 Hkv) * D]
         k = qkv[:, self.q_size : self.q_size + self.kv_size].reshape(t, self.n_kv_heads, d).transpose(1, 0, 2)
         v = qkv[:, self.q_size + self.kv_size :].reshape(t, self.n_kv_heads, d).transpose(1, 0, 2)
         k = ops.rope(k, offset, self.inv_freq)

@@ -41,9 +41,13 @@ class Attention:
         self.q_norm = w.vector(f"{prefix}.q_norm.weight", self.head_dim)
         self.k_norm = w.vector(f"{prefix}.k_norm.weight", self.head_dim)
 
-    def __call__(self, x: Any, cache: KVCache, layer: int, offset: int, keep: slice | None = None) -> Any:
+    def __call__(
+        self, x: Any, cache: KVCache, layer: int, offset: int, keep: slice | None = None,
+        norm: tuple[Any, float] | None = None,
+    ) -> Any:  # fmt: skip
+        """Attention over rms_norm(x, *norm) (the block's input norm, fused into the qkv product)."""
         ops, t, d = self.ops, x.shape[0], self.head_dim
-        qkv = ops.linear(x, self.qkv, self.qkv_bias)  # [T, (H + 2 Hkv) * D]
+        qkv = ops.linear(x, self.qkv, self.qkv_bias, norm)  # [T, (H + 2 Hkv) * D]
         k = qkv[:, self.q_size : self.q_size + self.kv_size].reshape(t, self.n_kv_heads, d)
         v = qkv[:, self.q_size + self.kv_size :].reshape(t, self.n_kv_heads, d)
         # k_norm on each head vector, then rotary: one op, one pass  -> [Hkv, T, D]
