@@ -56,6 +56,8 @@ class SessionStarted(Event):
     messages: int = 0  # messages before this turn
     kv_reuse: bool = True  # False when the session moved to another model or --no-cache
     context_size: int = 0  # the model's context length in tokens
+    precision: str = "fp32"  # the engine's arithmetic: fp32 (exact) | int8 (engine/precision.py)
+    kv_dtype: str = "float32"  # the KV cache's dtype in memory
 
 
 @dataclass

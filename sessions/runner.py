@@ -293,6 +293,8 @@ def session_event(state: TurnState) -> SessionStarted:
         messages=len(s.messages),  # messages before this turn
         kv_reuse=state.kv_reuse,
         context_size=state.model.context_length,
+        precision=getattr(state.model, "precision", "fp32"),
+        kv_dtype=getattr(state.model, "kv_dtype", "float32"),
     )
 
 

@@ -30,7 +30,7 @@ from workbench.tui.widgets.chat import (
 from workbench.tui.widgets.context import ContextPanel, progress_bar
 from workbench.tui.widgets.prompt import PromptInput
 from workbench.tui.widgets.sessions import SessionsPanel
-from workbench.tui.widgets.status import StatusBar, index_text
+from workbench.tui.widgets.status import StatusBar, index_text, numerics_text
 
 if TYPE_CHECKING:
     from sessions.turn import Turn
@@ -248,7 +248,8 @@ class MainScreen(SessionScreen):
             if self.session_id is None and "new" in self.policies:
                 self.policies[event.session_id] = self.policies.pop("new")
             self.session_id = event.session_id
-            bar.change(model=event.model, backend=event.backend, context_size=event.context_size)
+            bar.change(model=event.model, backend=event.backend, context_size=event.context_size,
+                       numerics=numerics_text(event.precision, event.kv_dtype))  # fmt: skip
         elif kind == "queued":
             bar.change(activity=f"queued #{event.position}")
         elif kind == "model_loading":

@@ -13,6 +13,7 @@ from textual.widgets import Static
 class Status:
     model: str = "…"
     backend: str = ""
+    numerics: str = ""  # the engine's settings other than the defaults, e.g. "int8 · kv float16"
     tok_s: float = 0.0
     context_used: int = 0
     context_size: int = 0
@@ -30,7 +31,7 @@ class StatusBar(Static):
 
     def render_text(self) -> str:
         s = self.status
-        model = short_model(s.model) + (f" · {s.backend}" if s.backend else "")
+        model = " · ".join(part for part in (short_model(s.model), s.backend, s.numerics) if part)
         speed = f"{s.tok_s:.1f} tok/s" if s.tok_s else "– tok/s"
         size = f"/{s.context_size:,}" if s.context_size else ""
         context = f"ctx {s.context_used:,}{size}"
@@ -43,6 +44,12 @@ class StatusBar(Static):
         for name, value in fields.items():
             setattr(self.status, name, value)
         self.mutate_reactive(StatusBar.status)
+
+
+def numerics_text(precision: str, kv_dtype: str) -> str:
+    """What differs from the exact defaults (fp32 arithmetic, float32 KV): the user chose it, so show it."""
+    parts = [precision] if precision not in ("", "fp32") else []
+    return " · ".join(parts + ([f"kv {kv_dtype}"] if kv_dtype not in ("", "float32") else []))
 
 
 def index_text(state: Any) -> str:
