@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import threading
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -62,7 +63,7 @@ class Prepared:
     run: Callable[[], ToolOutput]
 
 
-class Tool:
+class Tool(ABC):
     """A tool: subclasses set `name`, `description`, `parameters` (JSON schema) and `prepare`."""
 
     name: str = ""
@@ -75,8 +76,9 @@ class Tool:
         function = {"name": self.name, "description": self.description, "parameters": dict(self.parameters)}
         return {"type": "function", "function": function}
 
+    @abstractmethod
     def prepare(self, arguments: Mapping[str, Any], ctx: ToolContext) -> Prepared:
-        raise NotImplementedError
+        """Check the arguments and say what the call will do; `run` does it once approved."""
 
 
 def object_schema(required: list[str], **properties: dict[str, Any]) -> dict[str, Any]:
