@@ -27,6 +27,10 @@ from engine.kvpool import ArrayPool
 from engine.pages import Page, PagedLayer, PageTable
 
 DEFAULT_PAGE_SIZE = 64  # the block store's block size (kvstore DEFAULT_BLOCK_SIZE): blocks are pages
+# The dtypes a cache keeps its pages in. float32 is exact (1e-4 parity with transformers); float16 halves
+# the bytes a long decode reads (llama.cpp's default cache type), attention widening each element as it
+# reads it, so its only change to the numbers is the keys' and values' rounding to float16.
+KV_DTYPES = ("float32", "float16")
 
 
 class KVCache:

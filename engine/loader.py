@@ -11,7 +11,8 @@ from typing import Any
 
 from engine import precision as precisions
 from engine.backends import get_backend
-from engine.errors import ModelFormatError, UnsupportedArchitectureError
+from engine.cache import KV_DTYPES
+from engine.errors import EngineError, ModelFormatError, UnsupportedArchitectureError
 from engine.model import Model
 from engine.safetensors_io import Checkpoint
 from engine.weights import WeightReader
@@ -116,17 +117,22 @@ def _architecture(path_or_id: str | Path) -> tuple[Path, dict, ModuleType, Any]:
         raise ModelFormatError(f"{config_path}: incomplete config ({exc})") from exc
 
 
-def load_model(path_or_id: str | Path, backend: str | None = None, precision: str = "fp32") -> Model:
+def load_model(
+    path_or_id: str | Path, backend: str | None = None, precision: str = "fp32", kv_dtype: str | None = None
+) -> Model:
     """Load a Qwen3 / Qwen2 / Llama checkpoint (plain or MLX-quantized) onto the numpy or mlx backend;
-    `precision`: "fp32" (exact) or "int8" (int8 activations for quantized weights, engine/precision.py)."""
+    `precision`: "fp32" (exact) or "int8" (int8 activations for quantized weights, engine/precision.py);
+    `kv_dtype`: the KV cache's dtype in memory, "float32" or "float16" (engine.cache.KV_DTYPES; None:
+    the backend's compute dtype, float32 on CPUs)."""
     directory, config, module, args = _architecture(path_or_id)
     ops = get_backend(backend)
     precisions.check(precision, ops)
+    kv_dtype = check_kv_dtype(kv_dtype, ops)
     checkpoint = Checkpoint(directory)
     try:
         network = module.Model(args, ops, WeightReader(checkpoint, ops, config.get("quantization")))
         precisions.apply(precision, ops, network.matrices(), str(path_or_id))
-        model_fingerprint = fingerprint(directory, config, checkpoint, ops.float_dtype, precision)
+        model_fingerprint = fingerprint(directory, config, checkpoint, kv_dtype, precision)
     finally:
         checkpoint.close()
     return Model(
@@ -138,4 +144,14 @@ def load_model(path_or_id: str | Path, backend: str | None = None, precision: st
         network=network,
         fingerprint=model_fingerprint,
         precision=precision,
+        kv_dtype=kv_dtype,
     )
+
+
+def check_kv_dtype(kv_dtype: str | None, ops: ModuleType) -> str:
+    """The KV dtype to use: `kv_dtype`, or the backend's compute dtype; EngineError naming a bad one."""
+    if kv_dtype is None:
+        return str(ops.float_dtype)
+    if kv_dtype not in KV_DTYPES:
+        raise EngineError(f"unknown kv_dtype {kv_dtype!r}: choose one of {', '.join(KV_DTYPES)}")
+    return kv_dtype

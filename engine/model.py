@@ -40,6 +40,7 @@ class Model:
         network: CausalLM,
         fingerprint: str,
         precision: str = "fp32",
+        kv_dtype: str | None = None,
     ) -> None:
         self.name = name
         self.path = path
@@ -48,7 +49,7 @@ class Model:
         self.backend: str = ops.name
         self.config = config
         self.network = network
-        self.kv_dtype: str = ops.float_dtype
+        self.kv_dtype: str = kv_dtype or ops.float_dtype  # the KV pages' dtype (engine.cache.KV_DTYPES)
         self.fingerprint = fingerprint
         self.precision = precision  # engine/precision.py
         self.prefill_chunk = PREFILL_CHUNK

@@ -121,6 +121,7 @@ class PageTable:
 
 
 _scratch = threading.local()
+_GATHER = {np.dtype(np.float32): "gather_pages", np.dtype(np.float16): "gather_pages_f16"}  # kernels_paged.c
 
 
 def _gather_buffers(shape: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -136,8 +137,8 @@ def _gather_buffers(shape: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray
 
 class PagedLayer:
     """The keys (side 0) or values (side 1) of one layer's first `length` positions, read through the
-    page table. numpy_attention reads them in place (decode) or gathered (prefill); `np.asarray` gives a
-    contiguous copy."""
+    page table. numpy_attention reads them in place (decode) or gathered (prefill, widened to float32
+    from float16 pages); `np.asarray` gives a contiguous copy in the pages' dtype."""
 
     def __init__(self, table: PageTable, layer: int, length: int, side: int, dtype: np.dtype) -> None:
         self.table, self.layer, self.length, self.side, self.dtype = table, layer, length, side, dtype
@@ -150,19 +151,20 @@ class PagedLayer:
         return (self.kv_heads, self.length, self.head_dim)
 
     def gather(self, into_scratch: bool = True) -> tuple[np.ndarray, np.ndarray]:
-        """Keys and values [Hkv, S, D] contiguous: in this thread's reused buffers (valid until the next
-        gather on this thread), or fresh arrays."""
+        """Keys and values [Hkv, S, D] float32 contiguous (float16 pages widened on the way): in this
+        thread's reused buffers (valid until the next gather on this thread), or fresh arrays."""
         shape = self.shape
-        if into_scratch and self.dtype == np.float32:
+        if into_scratch:
             k, v = _gather_buffers(shape)
         else:
-            k, v = np.empty(shape, self.dtype), np.empty(shape, self.dtype)
+            k, v = np.empty(shape, np.float32), np.empty(shape, np.float32)
         from engine.backends import kernels, numpy_threads
 
         lib = kernels.load()
         t = self.table
-        if lib is not None and self.dtype == np.float32 and self.length:
-            lib.gather_pages(
+        kernel = _GATHER.get(self.dtype)
+        if lib is not None and kernel is not None and self.length:
+            getattr(lib, kernel)(
                 *t.addresses,
                 len(t.pages), self.layer, k.ctypes.data, v.ctypes.data, self.kv_heads, self.length,
                 self.head_dim, numpy_threads.DECODE_THREADS,
@@ -177,5 +179,5 @@ class PagedLayer:
         return k, v
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
-        out = self.gather(into_scratch=False)[self.side]
-        return out if dtype is None else out.astype(dtype)
+        out = self.gather(into_scratch=False)[self.side]  # float32 (float16 pages widen exactly)
+        return out.astype(self.dtype if dtype is None else dtype, copy=False)

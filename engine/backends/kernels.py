@@ -46,6 +46,8 @@ SIGNATURES = {
     # kernels_paged.c (the guard's functions return int64: engine/pages.py sets their restype)
     "attend_paged": [_P, _P, _P, _P, _P, _I, _I, _P, _P, _I, _I, _I, _I, _F, _I],
     "gather_pages": [_P, _P, _P, _P, _I, _I, _P, _P, _I, _I, _I, _I],
+    "attend_paged_f16": [_P, _P, _P, _P, _P, _I, _I, _P, _P, _I, _I, _I, _I, _F, _I],
+    "gather_pages_f16": [_P, _P, _P, _P, _I, _I, _P, _P, _I, _I, _I, _I],
     "guard_range": [_I, _I],
     "guard_release": [_I],
     "guard_lost": [_I],

@@ -1,7 +1,7 @@
 /* Attention over a paged KV cache, and the guard that keeps file-backed pages from crashing the process.
  *
  * A page holds the keys (or values) of `cap` consecutive positions for every layer and kv head, laid out
- * as the KV block format stores them: [layers, kv_heads, cap, head_dim] float32. Page i starts at
+ * as the KV block format stores them: [layers, kv_heads, cap, head_dim] float32 (or float16). Page i starts at
  * position start[i]; the pages of a cache cover positions 0.. back to back, so row s of kv head j in
  * layer l lives in the page with start[i] <= s < start[i] + cap[i] at
  *     base[i] + ((l * Hkv + j) * cap[i] + (s - start[i])) * D.
@@ -11,6 +11,7 @@
  * attend_paged is attend_one of kernels.c reading its rows through that table: the same operations in
  * the same order, so its results equal the contiguous cache's bit for bit. gather_pages copies one
  * layer's rows into a contiguous [Hkv, S, D] scratch for the prefill, whose BLAS products need one.
+ * The _f16 variants read float16 pages (half the bytes a long decode streams), widening as they load.
  */
 #include <math.h>
 #include <pthread.h>
@@ -47,80 +48,139 @@ struct page_table {
     int64_t pages, layer, Hkv, S, D;
 };
 
-static inline const float *row_at(const struct page_table *t, const int64_t *base, int64_t i, int64_t j) {
-    return (const float *)(intptr_t)base[i] + (t->layer * t->Hkv + j) * t->cap[i] * t->D;
+/* float16 pages (an opt-in cache dtype, llama.cpp's default): each element is widened to float32 as it
+ * is loaded (F16C's vcvtph2ps where the CPU has it; _Float16 conversions elsewhere, or the bit
+ * arithmetic below where the compiler has no _Float16) and everything after is the float32 path, so
+ * attention over float16 pages equals the float32 path over the same rounded numbers bit for bit. */
+#if defined(__FLT16_MAX__)
+typedef _Float16 half;
+static inline float widen_half(half h) { return (float)h; }
+#else
+typedef uint16_t half;
+static inline float widen_half(half h) {
+    const uint32_t sign = (uint32_t)(h & 0x8000u) << 16, exp = (h >> 10) & 0x1fu, man = h & 0x3ffu;
+    uint32_t bits;
+    if (exp == 0x1f) bits = sign | 0x7f800000u | (man << 13); /* inf, nan */
+    else if (exp != 0) bits = sign | ((exp + 112u) << 23) | (man << 13);
+    else if (man == 0) bits = sign;
+    else { /* subnormal: normalise */
+        uint32_t e = 113u, m = man;
+        while (!(m & 0x400u)) m <<= 1, e--;
+        bits = sign | (e << 23) | ((m & 0x3ffu) << 13);
+    }
+    float f;
+    memcpy(&f, &bits, sizeof f);
+    return f;
 }
+#endif
+static inline float widen_float(float x) { return x; }
 
 #define AHEAD 12
 
 /* The row AHEAD rows on: in this page, or at the start of the next one (pages are separate buffers, so
  * the hardware prefetcher has to find each page's start anew; asking for it keeps the stream going). */
-static inline const float *prefetch_row(const float *page, const float *next, int64_t r, int64_t rows,
-                                        int64_t D) {
-    return r + AHEAD < rows ? page + (r + AHEAD) * D : next + (r + AHEAD - rows) * D;
-}
+#define PREFETCH_ROW(page, next, r, rows, D) ((r) + AHEAD < (rows) ? (page) + ((r) + AHEAD) * (D) \
+                                                                   : (next) + ((r) + AHEAD - (rows)) * (D))
 
-/* attend_group of kernels.c, rows found through the page table; the prefetch stays within a page. */
-static inline __attribute__((always_inline)) void paged_group(const float *restrict q, const struct page_table *t,
-                                                              int64_t j, float *restrict o, float *restrict p,
-                                                              int64_t G, const int64_t D, float scale) {
-    float peak[16], sum[16];
-    const int64_t S = t->S;
-    for (int64_t g = 0; g < G; g++) peak[g] = -INFINITY, sum[g] = 0.0f;
-    for (int64_t i = 0, s = 0; i < t->pages && s < S; i++) {
-        const float *restrict K = row_at(t, t->kbase, i, j);
-        const float *next = i + 1 < t->pages ? row_at(t, t->kbase, i + 1, j) : K;
-        const int64_t rows = t->cap[i] < S - s ? t->cap[i] : S - s;
-        for (int64_t r = 0; r < rows; r++, s++) {
-            const float *restrict row = K + r * D;
-            const float *ahead = prefetch_row(K, next, r, rows, D);
-            for (int64_t x = 0; x < D; x += 16) __builtin_prefetch(ahead + x);
-            for (int64_t g = 0; g < G; g++) {
-                const float *restrict qg = q + g * D;
-                float acc = 0.0f;
-#pragma omp simd reduction(+ : acc)
-                for (int64_t x = 0; x < D; x++) acc += qg[x] * row[x];
-                acc *= scale;
-                p[g * S + s] = acc;
-                peak[g] = acc > peak[g] ? acc : peak[g];
-            }
-        }
+/* attend_group of kernels.c, rows found through the page table and widened by LOAD as they are read;
+ * the prefetch stays within a page (a line every 64 bytes, whatever the element size). */
+#define DEFINE_PAGED(T, SUFFIX, LOAD)                                                                      \
+    static inline const T *row_at_##SUFFIX(const struct page_table *t, const int64_t *base, int64_t i,   \
+                                           int64_t j) {                                                   \
+        return (const T *)(intptr_t)base[i] + (t->layer * t->Hkv + j) * t->cap[i] * t->D;               \
+    }                                                                                                     \
+    static inline __attribute__((always_inline)) void paged_group_##SUFFIX(                              \
+        const float *restrict q, const struct page_table *t, int64_t j, float *restrict o,               \
+        float *restrict p, int64_t G, const int64_t D, float scale) {                                    \
+        float peak[16], sum[16];                                                                          \
+        const int64_t S = t->S, line = 64 / (int64_t)sizeof(T);                                          \
+        for (int64_t g = 0; g < G; g++) peak[g] = -INFINITY, sum[g] = 0.0f;                              \
+        for (int64_t i = 0, s = 0; i < t->pages && s < S; i++) {                                         \
+            const T *restrict K = row_at_##SUFFIX(t, t->kbase, i, j);                                    \
+            const T *next = i + 1 < t->pages ? row_at_##SUFFIX(t, t->kbase, i + 1, j) : K;              \
+            const int64_t rows = t->cap[i] < S - s ? t->cap[i] : S - s;                                  \
+            for (int64_t r = 0; r < rows; r++, s++) {                                                    \
+                const T *restrict row = K + r * D;                                                        \
+                const T *ahead = PREFETCH_ROW(K, next, r, rows, D);                                      \
+                for (int64_t x = 0; x < D; x += line) __builtin_prefetch(ahead + x);                     \
+                for (int64_t g = 0; g < G; g++) {                                                         \
+                    const float *restrict qg = q + g * D;                                                 \
+                    float acc = 0.0f;                                                                     \
+                    _Pragma("omp simd reduction(+ : acc)") for (int64_t x = 0; x < D; x++) acc +=        \
+                        qg[x] * LOAD(row[x]);                                                             \
+                    acc *= scale;                                                                         \
+                    p[g * S + s] = acc;                                                                   \
+                    peak[g] = acc > peak[g] ? acc : peak[g];                                              \
+                }                                                                                         \
+            }                                                                                             \
+        }                                                                                                 \
+        for (int64_t g = 0; g < G; g++) {                                                                 \
+            float *restrict pg = p + g * S;                                                               \
+            const float m = peak[g];                                                                      \
+            float total = 0.0f;                                                                           \
+            _Pragma("omp simd reduction(+ : total)") for (int64_t s = 0; s < S; s++) {                   \
+                const float e = exp_poly(pg[s] - m);                                                      \
+                pg[s] = e;                                                                                \
+                total += e;                                                                               \
+            }                                                                                             \
+            sum[g] = total;                                                                               \
+        }                                                                                                 \
+        for (int64_t x = 0; x < G * D; x++) o[x] = 0.0f;                                                  \
+        for (int64_t i = 0, s = 0; i < t->pages && s < S; i++) {                                         \
+            const T *restrict V = row_at_##SUFFIX(t, t->vbase, i, j);                                    \
+            const T *next = i + 1 < t->pages ? row_at_##SUFFIX(t, t->vbase, i + 1, j) : V;              \
+            const int64_t rows = t->cap[i] < S - s ? t->cap[i] : S - s;                                  \
+            for (int64_t r = 0; r < rows; r++, s++) {                                                    \
+                const T *restrict row = V + r * D;                                                        \
+                const T *ahead = PREFETCH_ROW(V, next, r, rows, D);                                      \
+                for (int64_t x = 0; x < D; x += line) __builtin_prefetch(ahead + x);                     \
+                for (int64_t g = 0; g < G; g++) {                                                         \
+                    const float w = p[g * S + s];                                                         \
+                    float *restrict og = o + g * D;                                                       \
+                    _Pragma("omp simd") for (int64_t x = 0; x < D; x++) og[x] += w * LOAD(row[x]);       \
+                }                                                                                         \
+            }                                                                                             \
+        }                                                                                                 \
+        for (int64_t g = 0; g < G; g++) {                                                                 \
+            const float inv = 1.0f / sum[g];                                                              \
+            _Pragma("omp simd") for (int64_t x = 0; x < D; x++) o[g * D + x] *= inv;                     \
+        }                                                                                                 \
+    }                                                                                                     \
+    static void paged_part_##SUFFIX(void *ctx, int64_t part, int64_t parts) {                            \
+        const struct paged_args *a = ctx;                                                                 \
+        const int64_t Hkv = a->t.Hkv, G = a->H / Hkv, D = a->t.D;                                        \
+        const int64_t j0 = Hkv * part / parts, j1 = Hkv * (part + 1) / parts;                            \
+        for (int64_t j = j0; j < j1; j++) {                                                               \
+            for (int64_t g0 = 0; g0 < G; g0 += 16) {                                                      \
+                const int64_t n = G - g0 < 16 ? G - g0 : 16, h = j * G + g0;                             \
+                const float *q = a->q + h * D;                                                            \
+                float *o = a->out + h * D, *p = a->scratch + h * a->t.S;                                  \
+                if (D == 128)                                                                             \
+                    paged_group_##SUFFIX(q, &a->t, j, o, p, n, 128, a->scale);                           \
+                else if (D == 64)                                                                         \
+                    paged_group_##SUFFIX(q, &a->t, j, o, p, n, 64, a->scale);                            \
+                else                                                                                      \
+                    paged_group_##SUFFIX(q, &a->t, j, o, p, n, D, a->scale);                             \
+            }                                                                                             \
+        }                                                                                                 \
+    }                                                                                                     \
+    static void gather_part_##SUFFIX(void *ctx, int64_t part, int64_t parts) {                           \
+        const struct gather_args *a = ctx;                                                                \
+        const struct page_table *t = &a->t;                                                               \
+        const int64_t j0 = t->Hkv * part / parts, j1 = t->Hkv * (part + 1) / parts;                      \
+        for (int64_t j = j0; j < j1; j++) {                                                               \
+            for (int64_t i = 0, s = 0; i < t->pages && s < t->S; i++) {                                  \
+                const int64_t rows = t->cap[i] < t->S - s ? t->cap[i] : t->S - s, n = rows * t->D;      \
+                const T *restrict k = row_at_##SUFFIX(t, t->kbase, i, j);                                \
+                const T *restrict v = row_at_##SUFFIX(t, t->vbase, i, j);                                \
+                float *restrict ko = a->kout + (j * t->S + s) * t->D;                                     \
+                float *restrict vo = a->vout + (j * t->S + s) * t->D;                                     \
+                _Pragma("omp simd") for (int64_t x = 0; x < n; x++) ko[x] = LOAD(k[x]);                  \
+                _Pragma("omp simd") for (int64_t x = 0; x < n; x++) vo[x] = LOAD(v[x]);                  \
+                s += rows;                                                                                \
+            }                                                                                             \
+        }                                                                                                 \
     }
-    for (int64_t g = 0; g < G; g++) {
-        float *restrict pg = p + g * S;
-        const float m = peak[g];
-        float total = 0.0f;
-#pragma omp simd reduction(+ : total)
-        for (int64_t s = 0; s < S; s++) {
-            const float e = exp_poly(pg[s] - m);
-            pg[s] = e;
-            total += e;
-        }
-        sum[g] = total;
-    }
-    for (int64_t x = 0; x < G * D; x++) o[x] = 0.0f;
-    for (int64_t i = 0, s = 0; i < t->pages && s < S; i++) {
-        const float *restrict V = row_at(t, t->vbase, i, j);
-        const float *next = i + 1 < t->pages ? row_at(t, t->vbase, i + 1, j) : V;
-        const int64_t rows = t->cap[i] < S - s ? t->cap[i] : S - s;
-        for (int64_t r = 0; r < rows; r++, s++) {
-            const float *restrict row = V + r * D;
-            const float *ahead = prefetch_row(V, next, r, rows, D);
-            for (int64_t x = 0; x < D; x += 16) __builtin_prefetch(ahead + x);
-            for (int64_t g = 0; g < G; g++) {
-                const float w = p[g * S + s];
-                float *restrict og = o + g * D;
-#pragma omp simd
-                for (int64_t x = 0; x < D; x++) og[x] += w * row[x];
-            }
-        }
-    }
-    for (int64_t g = 0; g < G; g++) {
-        const float inv = 1.0f / sum[g];
-#pragma omp simd
-        for (int64_t x = 0; x < D; x++) o[g * D + x] *= inv;
-    }
-}
 
 struct paged_args {
     struct page_table t;
@@ -130,60 +190,45 @@ struct paged_args {
     float scale;
 };
 
-static void paged_part(void *ctx, int64_t part, int64_t parts) {
-    const struct paged_args *a = ctx;
-    const int64_t Hkv = a->t.Hkv, G = a->H / Hkv, D = a->t.D;
-    const int64_t j0 = Hkv * part / parts, j1 = Hkv * (part + 1) / parts;
-    for (int64_t j = j0; j < j1; j++) {
-        for (int64_t g0 = 0; g0 < G; g0 += 16) {
-            const int64_t n = G - g0 < 16 ? G - g0 : 16, h = j * G + g0;
-            const float *q = a->q + h * D;
-            float *o = a->out + h * D, *p = a->scratch + h * a->t.S;
-            if (D == 128)
-                paged_group(q, &a->t, j, o, p, n, 128, a->scale);
-            else if (D == 64)
-                paged_group(q, &a->t, j, o, p, n, 64, a->scale);
-            else
-                paged_group(q, &a->t, j, o, p, n, D, a->scale);
-        }
-    }
-}
-
-/* Attention of one new position of `layer`: q [H, D] over the first S positions; out [H, D];
- * scratch [H, S]. Split over kv heads on `threads` cores, as attend_one is. */
-void attend_paged(const float *q, const int64_t *kbase, const int64_t *vbase, const int64_t *start,
-                  const int64_t *cap, int64_t pages, int64_t layer, float *out, float *scratch, int64_t H,
-                  int64_t Hkv, int64_t S, int64_t D, float scale, int64_t threads) {
-    struct paged_args a = {{kbase, vbase, start, cap, pages, layer, Hkv, S, D}, q, out, scratch, H, scale};
-    run_parallel(paged_part, &a, threads < Hkv ? threads : Hkv);
-}
-
 struct gather_args {
     struct page_table t;
     float *kout, *vout;
 };
 
-static void gather_part(void *ctx, int64_t part, int64_t parts) {
-    const struct gather_args *a = ctx;
-    const struct page_table *t = &a->t;
-    const int64_t j0 = t->Hkv * part / parts, j1 = t->Hkv * (part + 1) / parts;
-    for (int64_t j = j0; j < j1; j++) {
-        for (int64_t i = 0, s = 0; i < t->pages && s < t->S; i++) {
-            const int64_t rows = t->cap[i] < t->S - s ? t->cap[i] : t->S - s;
-            const size_t bytes = (size_t)(rows * t->D) * sizeof(float);
-            memcpy(a->kout + (j * t->S + s) * t->D, row_at(t, t->kbase, i, j), bytes);
-            memcpy(a->vout + (j * t->S + s) * t->D, row_at(t, t->vbase, i, j), bytes);
-            s += rows;
-        }
-    }
+DEFINE_PAGED(float, f32, widen_float)
+DEFINE_PAGED(half, f16, widen_half)
+
+/* Attention of one new position of `layer`: q [H, D] over the first S positions; out [H, D];
+ * scratch [H, S]. Split over kv heads on `threads` cores, as attend_one is. Pages of float32
+ * (attend_paged) or float16 (attend_paged_f16). */
+void attend_paged(const float *q, const int64_t *kbase, const int64_t *vbase, const int64_t *start,
+                  const int64_t *cap, int64_t pages, int64_t layer, float *out, float *scratch, int64_t H,
+                  int64_t Hkv, int64_t S, int64_t D, float scale, int64_t threads) {
+    struct paged_args a = {{kbase, vbase, start, cap, pages, layer, Hkv, S, D}, q, out, scratch, H, scale};
+    run_parallel(paged_part_f32, &a, threads < Hkv ? threads : Hkv);
 }
 
-/* kout, vout [Hkv, S, D] <- the first S positions of `layer`, split over kv heads. */
+void attend_paged_f16(const float *q, const int64_t *kbase, const int64_t *vbase, const int64_t *start,
+                      const int64_t *cap, int64_t pages, int64_t layer, float *out, float *scratch, int64_t H,
+                      int64_t Hkv, int64_t S, int64_t D, float scale, int64_t threads) {
+    struct paged_args a = {{kbase, vbase, start, cap, pages, layer, Hkv, S, D}, q, out, scratch, H, scale};
+    run_parallel(paged_part_f16, &a, threads < Hkv ? threads : Hkv);
+}
+
+/* kout, vout [Hkv, S, D] float32 <- the first S positions of `layer`, split over kv heads: from float32
+ * pages (gather_pages) or widened from float16 ones (gather_pages_f16). */
 void gather_pages(const int64_t *kbase, const int64_t *vbase, const int64_t *start, const int64_t *cap,
                   int64_t pages, int64_t layer, float *kout, float *vout, int64_t Hkv, int64_t S, int64_t D,
                   int64_t threads) {
     struct gather_args a = {{kbase, vbase, start, cap, pages, layer, Hkv, S, D}, kout, vout};
-    run_parallel(gather_part, &a, threads < Hkv ? threads : Hkv);
+    run_parallel(gather_part_f32, &a, threads < Hkv ? threads : Hkv);
+}
+
+void gather_pages_f16(const int64_t *kbase, const int64_t *vbase, const int64_t *start, const int64_t *cap,
+                      int64_t pages, int64_t layer, float *kout, float *vout, int64_t Hkv, int64_t S,
+                      int64_t D, int64_t threads) {
+    struct gather_args a = {{kbase, vbase, start, cap, pages, layer, Hkv, S, D}, kout, vout};
+    run_parallel(gather_part_f16, &a, threads < Hkv ? threads : Hkv);
 }
 
 /* ---- The guard over file-backed pages. ----

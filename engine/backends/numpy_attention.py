@@ -91,21 +91,27 @@ def sdpa(
     return out.reshape(h, t, d)
 
 
+# Decode over pages of each dtype (kernels_paged.c): float16 pages are widened as they are read.
+_PAGED_DECODE = {np.dtype(np.float32): "attend_paged", np.dtype(np.float16): "attend_paged_f16"}
+
+
 def _paged(q: np.ndarray, k: PagedLayer, v: PagedLayer, scale: float, causal_offset: int) -> np.ndarray:
-    """sdpa over a page table: one new position in C over the pages in place, else on the gathered rows."""
+    """sdpa over a page table: one new position in C over the pages in place, else on the gathered rows
+    (float32: float16 pages are widened, exactly, so either way the arithmetic is float32's)."""
     if not (isinstance(k, PagedLayer) and isinstance(v, PagedLayer) and k.table is v.table and k.side == 0):
         raise TypeError("paged attention takes the keys and values PagedLayers of one cache layer")
     h, t, d = q.shape
     s = k.length
     lib = kernels.load()
-    if t == 1 and causal_offset + 1 == s and lib is not None and dense_f32(q) and k.dtype == np.float32:
+    kernel = _PAGED_DECODE.get(k.dtype)
+    if t == 1 and causal_offset + 1 == s and lib is not None and dense_f32(q) and kernel is not None:
         out = np.empty((h, 1, d), dtype=np.float32)
         tb = k.table
         table = tb.addresses
         scratch = address(_scores_buffer(h * s))
         shape = (h, k.kv_heads, s, d)
-        lib.attend_paged(address(q), *table, len(tb.pages), k.layer, address(out), scratch, *shape, scale,
-                         numpy_threads.DECODE_THREADS)  # fmt: skip
+        getattr(lib, kernel)(address(q), *table, len(tb.pages), k.layer, address(out), scratch, *shape, scale,
+                             numpy_threads.DECODE_THREADS)  # fmt: skip
         return out
     keys, values = k.gather()
     return sdpa(q, keys, values, scale, causal_offset)
