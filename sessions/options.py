@@ -102,13 +102,20 @@ def check_model_exists(name: str) -> None:
 
 
 PRECISION_ENV = "WORKBENCH_PRECISION"  # fp32 (exact, the default) | int8 (engine/precision.py)
+# The KV dtype: float32 (exact, the default) | float16 (the cache in memory and its blocks: half the
+# bytes) | int8 (blocks only, quantized on the way to the store; the cache stays float32: kvstore/open.py).
+KV_DTYPE_ENV = "WORKBENCH_KV_DTYPE"
+KV_DTYPE_CHOICES = ("float32", "float16", "int8")
 
 
 def engine_load(name: str, backend: str | None) -> Any:
-    """The service's default model loader (the engine thread calls it), at $WORKBENCH_PRECISION (a
-    process-wide setting: `workbench --precision` sets it for the process and its workers)."""
+    """The service's default model loader (the engine thread calls it), at $WORKBENCH_PRECISION and
+    $WORKBENCH_KV_DTYPE (process-wide settings: `workbench --precision / --kv-dtype` set them for the
+    process and its workers)."""
     import engine
     from engine.precision import DEFAULT, PRECISIONS
 
     precision = env_choice(PRECISION_ENV, PRECISIONS, DEFAULT)
-    return engine.load_model(name, backend=backend, precision=precision)
+    kv = env_choice(KV_DTYPE_ENV, KV_DTYPE_CHOICES, "")
+    kv_dtype = kv if kv in ("float32", "float16") else None  # int8 or unset: the backend's own dtype
+    return engine.load_model(name, backend=backend, precision=precision, kv_dtype=kv_dtype)

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from core.env import env_choice
 from core.errors import UsageError, WorkbenchError
-from sessions.options import PRECISION_ENV
+from sessions.options import KV_DTYPE_CHOICES, KV_DTYPE_ENV, PRECISION_ENV
 from workbench import headless
 
 COMMAND_MODULES = [
@@ -56,15 +56,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="how quantized (MLX 4/8-bit) models compute on numpy: fp32 exact (default), int8 activations "
         f"(faster decode, slightly different numbers); for this process and its workers (${PRECISION_ENV})",
     )
+    parser.add_argument(
+        "--kv-dtype",
+        choices=KV_DTYPE_CHOICES,
+        help="the KV cache's dtype: float32 exact (default), float16 (the cache in memory and its blocks: "
+        "half the bytes a long decode reads), int8 (stored blocks only); for this process and its "
+        f"workers (${KV_DTYPE_ENV})",
+    )
     return parser
 
 
 def _apply_precision(args: argparse.Namespace) -> None:
-    """--precision for every model this process (and any worker it starts) loads; a bad
-    $WORKBENCH_PRECISION is an error here, before anything starts."""
+    """--precision and --kv-dtype for every model this process (and any worker it starts) loads; a bad
+    $WORKBENCH_PRECISION or $WORKBENCH_KV_DTYPE is an error here, before anything starts."""
     if getattr(args, "precision", None):
         os.environ[PRECISION_ENV] = args.precision
+    if getattr(args, "kv_dtype", None):
+        os.environ[KV_DTYPE_ENV] = args.kv_dtype
     env_choice(PRECISION_ENV, PRECISIONS, PRECISIONS[0])
+    env_choice(KV_DTYPE_ENV, KV_DTYPE_CHOICES, KV_DTYPE_CHOICES[0])
 
 
 def _engine_exit_code(exc: Exception) -> int | None:
