@@ -92,4 +92,3 @@ def _why(index: int | None, role: str | None, new: Sequence[dict[str, Any]], see
     if role == "system":
         return "system_prompt_changed", "the system prompt changed"
     return "message_changed", f"message {index} ({role}) differs from the cached history"
-

@@ -332,4 +332,3 @@ class SessionService(SessionReads):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-

@@ -34,7 +34,9 @@ def paths(request, monkeypatch: pytest.MonkeyPatch) -> str:
 
 
 @pytest.mark.parametrize("name", sorted(SPECS))
-def test_float16_pages_attend_as_float32_over_the_rounded_rows(tiny_model: TinyModels, name: str, paths) -> None:
+def test_float16_pages_attend_as_float32_over_the_rounded_rows(
+    tiny_model: TinyModels, name: str, paths: str
+) -> None:
     tiny = tiny_model(name)
     model = engine.load_model(tiny.path, backend="numpy", kv_dtype="float16")
     c = model.config
@@ -74,7 +76,7 @@ def test_the_kv_dtype_is_part_of_the_fingerprint_and_a_bad_one_is_named(tiny_mod
     f16 = engine.load_model(path, backend="numpy", kv_dtype="float16")
     assert f32.kv_dtype == "float32" and f16.fingerprint != f32.fingerprint
     assert engine.load_model(path, backend="numpy", kv_dtype="float32").fingerprint == f32.fingerprint
-    with pytest.raises(EngineError, match="kv_dtype 'bfloat16'.*float32, float16"):
+    with pytest.raises(EngineError, match=r"kv_dtype 'bfloat16'.*float32, float16"):
         engine.load_model(path, backend="numpy", kv_dtype="bfloat16")
 
 

@@ -57,7 +57,8 @@ def test_a_float16_cache_is_reported_and_its_blocks_resume_the_session(
 ) -> None:
     path = chat_model_dir(tmp_path_factory.getbasetemp())
     args = ["--model", str(path), "--repo", str(tmp_path), "--max-tokens", "2", "--temperature", "0",
-            "--no-rag", "--allow-tools", "none", "--output-format", "stream-json", "--kv-dtype", "float16"]  # fmt: skip
+            "--no-rag", "--allow-tools", "none", "--output-format", "stream-json",
+            "--kv-dtype", "float16"]  # fmt: skip
     first = workbench("-p", "Where is the parser?", *args)
     assert first.code == 0, first
     events = [json.loads(line) for line in first.stdout.splitlines() if line.strip()]
