@@ -69,7 +69,6 @@ def bench_sessions(steered: Any, repo: Path, redis_client: Any) -> dict[str, Any
 
     svc = SessionService(redis_client, load_model=lambda name, backend: steered)
     try:
-
         def turn(prompt: str, system: str) -> Any:
             steered.replies = ["Hello."]
             opts = TurnOptions(model="bench", repo=str(repo), allow_tools="read", temperature=0.0,
@@ -111,14 +110,8 @@ def bench_next_turn(svc: Any, steered: Any, repo: Path) -> dict[str, Any]:
     system = [{"role": "system", "content": SYSTEM}]
     bare = len(tok.encode(tok.render_chat(system, add_generation_prompt=False)))
     full = len(tok.encode(tok.render_chat(system, add_generation_prompt=False, tools=tool_schemas())))
-    return {
-        "agent": agent,
-        "history": history,
-        "next_cache": cache,
-        "next": nxt,
-        "recomputed": recomputed,
-        "schema_tokens": full - bare,
-    }
+    return {"agent": agent, "history": history, "next_cache": cache, "next": nxt, "recomputed": recomputed,
+            "schema_tokens": full - bare}
 
 
 # -- 2. a 5-step tool loop: appended vs re-rendered --------------------------------------------------

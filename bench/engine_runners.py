@@ -12,11 +12,13 @@ import numpy as np
 class EngineRunner:
     """engine.Model on one backend: prefill on a fresh cache, greedy decode one token per step."""
 
-    def __init__(self, path: Path, backend: str, precision: str = "fp32") -> None:
+    def __init__(
+        self, path: Path, backend: str, precision: str = "fp32", kv_dtype: str | None = None
+    ) -> None:
         import engine
 
         t0 = time.perf_counter()
-        self.model = engine.load_model(path, backend=backend, precision=precision)
+        self.model = engine.load_model(path, backend=backend, precision=precision, kv_dtype=kv_dtype)
         self.load_s = time.perf_counter() - t0
 
     def prefill(self, ids: list[int]) -> None:

@@ -272,10 +272,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="wb-tui-live-"))
     env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL",)}
     env.update(WORKBENCH_HOME=str(tmp / "home"), PYTHONPATH=str(ROOT))
-    lines = [
-        f"`python -m bench.tui_live_bench{' --quick' if args.quick else ''}` ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} cores)",
-        "",
-    ]  # noqa: E501
+    lines = [f"`python -m bench.tui_live_bench{' --quick' if args.quick else ''}` ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} cores)", ""]  # noqa: E501
 
     variants = [("idle app (nothing streamed)", -1.0), ("every fragment", 0.0), ("every 100 ms", 0.1),
                 ("every 200 ms (Workbench)", 0.2), ("every 250 ms", 0.25)]  # fmt: skip

@@ -332,3 +332,4 @@ class SessionService(SessionReads):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+

@@ -58,18 +58,8 @@ def test_a_headless_agent_turn_offers_tools_and_streams_a_valid_result(
     agent = workbench(*base, "--max-turns", "2")  # the default: read-only tools
     assert plain.code == 0 and agent.code == 0, agent
     events = agent.lines()
-    allowed = {
-        "queued",
-        "model_loading",
-        "session",
-        "retrieval",
-        "cache",
-        "prefill",
-        "delta",
-        "tool_call",
-        "tool_result",
-        "result",
-    }
+    allowed = {"queued", "model_loading", "session", "retrieval", "cache", "prefill", "delta", "tool_call",
+               "tool_result", "result"}
     assert {e["type"] for e in events} <= allowed
     result, plain_result = events[-1], plain.lines()[-1]
     assert 1 <= result["steps"] <= 2 and isinstance(result["tool_calls"], list) and plain_result["steps"] == 0

@@ -79,7 +79,6 @@ def test_a_chunk_outside_the_repository_or_gone_is_an_error_on_screen(tmp_path: 
         async with app.run_test(size=SIZE) as pilot:
             await pilot.pause()
             app.push_screen(ChunkScreen(str(repo), chunk))
-
             def code() -> str:
                 shown = app.screen.query("#chunk-code") if isinstance(app.screen, ChunkScreen) else []
                 return str(shown[0].render()) if shown else "reading"
