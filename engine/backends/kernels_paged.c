@@ -23,6 +23,9 @@
 #include <unistd.h>
 
 #include "kernels.h"
+#if defined(__F16C__) && defined(__AVX__)
+#include <immintrin.h>
+#endif
 
 /* The same polynomial as kernels.c's exp_poly (static there): equal bits need the same exp. */
 static inline float exp_poly(float x) {
@@ -73,7 +76,22 @@ static inline float widen_half(half h) {
     return f;
 }
 #endif
-static inline float widen_float(float x) { return x; }
+/* A row of n elements as float32: float32 rows are used in place; float16 rows are widened into `buf`
+ * (in L1, D <= 256), 8 at a time with F16C where the CPU has it, so the arithmetic that follows is the
+ * float32 kernel's own, on the same numbers, in the same order. */
+static inline const float *row_f32(const float *row, float *buf, int64_t n) {
+    (void)buf, (void)n;
+    return row;
+}
+static inline const float *row_f16(const half *row, float *buf, int64_t n) {
+    int64_t x = 0;
+#if defined(__F16C__) && defined(__AVX__)
+    for (; x + 8 <= n; x += 8)
+        _mm256_storeu_ps(buf + x, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(row + x))));
+#endif
+    for (; x < n; x++) buf[x] = widen_half(row[x]);
+    return buf;
+}
 
 #define AHEAD 12
 
@@ -82,9 +100,10 @@ static inline float widen_float(float x) { return x; }
 #define PREFETCH_ROW(page, next, r, rows, D) ((r) + AHEAD < (rows) ? (page) + ((r) + AHEAD) * (D) \
                                                                    : (next) + ((r) + AHEAD - (rows)) * (D))
 
-/* attend_group of kernels.c, rows found through the page table and widened by LOAD as they are read;
- * the prefetch stays within a page (a line every 64 bytes, whatever the element size). */
-#define DEFINE_PAGED(T, SUFFIX, LOAD)                                                                      \
+/* attend_group of kernels.c, rows found through the page table (and widened, row_f16, as they are read);
+ * the prefetch stays within a page (a line every 64 bytes, whatever the element size). float16 pages
+ * need D <= 256 (numpy_attention only calls it then). */
+#define DEFINE_PAGED(T, SUFFIX)                                                                      \
     static inline const T *row_at_##SUFFIX(const struct page_table *t, const int64_t *base, int64_t i,   \
                                            int64_t j) {                                                   \
         return (const T *)(intptr_t)base[i] + (t->layer * t->Hkv + j) * t->cap[i] * t->D;               \
@@ -92,7 +111,7 @@ static inline float widen_float(float x) { return x; }
     static inline __attribute__((always_inline)) void paged_group_##SUFFIX(                              \
         const float *restrict q, const struct page_table *t, int64_t j, float *restrict o,               \
         float *restrict p, int64_t G, const int64_t D, float scale) {                                    \
-        float peak[16], sum[16];                                                                          \
+        float peak[16], sum[16], wide[256];                                                               \
         const int64_t S = t->S, line = 64 / (int64_t)sizeof(T);                                          \
         for (int64_t g = 0; g < G; g++) peak[g] = -INFINITY, sum[g] = 0.0f;                              \
         for (int64_t i = 0, s = 0; i < t->pages && s < S; i++) {                                         \
@@ -100,14 +119,14 @@ static inline float widen_float(float x) { return x; }
             const T *next = i + 1 < t->pages ? row_at_##SUFFIX(t, t->kbase, i + 1, j) : K;              \
             const int64_t rows = t->cap[i] < S - s ? t->cap[i] : S - s;                                  \
             for (int64_t r = 0; r < rows; r++, s++) {                                                    \
-                const T *restrict row = K + r * D;                                                        \
+                const float *restrict row = row_##SUFFIX(K + r * D, wide, D);                             \
                 const T *ahead = PREFETCH_ROW(K, next, r, rows, D);                                      \
                 for (int64_t x = 0; x < D; x += line) __builtin_prefetch(ahead + x);                     \
                 for (int64_t g = 0; g < G; g++) {                                                         \
                     const float *restrict qg = q + g * D;                                                 \
                     float acc = 0.0f;                                                                     \
                     _Pragma("omp simd reduction(+ : acc)") for (int64_t x = 0; x < D; x++) acc +=        \
-                        qg[x] * LOAD(row[x]);                                                             \
+                        qg[x] * row[x];                                                             \
                     acc *= scale;                                                                         \
                     p[g * S + s] = acc;                                                                   \
                     peak[g] = acc > peak[g] ? acc : peak[g];                                              \
@@ -131,13 +150,13 @@ static inline float widen_float(float x) { return x; }
             const T *next = i + 1 < t->pages ? row_at_##SUFFIX(t, t->vbase, i + 1, j) : V;              \
             const int64_t rows = t->cap[i] < S - s ? t->cap[i] : S - s;                                  \
             for (int64_t r = 0; r < rows; r++, s++) {                                                    \
-                const T *restrict row = V + r * D;                                                        \
+                const float *restrict row = row_##SUFFIX(V + r * D, wide, D);                             \
                 const T *ahead = PREFETCH_ROW(V, next, r, rows, D);                                      \
                 for (int64_t x = 0; x < D; x += line) __builtin_prefetch(ahead + x);                     \
                 for (int64_t g = 0; g < G; g++) {                                                         \
                     const float w = p[g * S + s];                                                         \
                     float *restrict og = o + g * D;                                                       \
-                    _Pragma("omp simd") for (int64_t x = 0; x < D; x++) og[x] += w * LOAD(row[x]);       \
+                    _Pragma("omp simd") for (int64_t x = 0; x < D; x++) og[x] += w * row[x];       \
                 }                                                                                         \
             }                                                                                             \
         }                                                                                                 \
@@ -175,8 +194,9 @@ static inline float widen_float(float x) { return x; }
                 const T *restrict v = row_at_##SUFFIX(t, t->vbase, i, j);                                \
                 float *restrict ko = a->kout + (j * t->S + s) * t->D;                                     \
                 float *restrict vo = a->vout + (j * t->S + s) * t->D;                                     \
-                _Pragma("omp simd") for (int64_t x = 0; x < n; x++) ko[x] = LOAD(k[x]);                  \
-                _Pragma("omp simd") for (int64_t x = 0; x < n; x++) vo[x] = LOAD(v[x]);                  \
+                const float *kw = row_##SUFFIX(k, ko, n), *vw = row_##SUFFIX(v, vo, n);                  \
+                if (kw != ko) memcpy(ko, kw, (size_t)n * sizeof(float));                                  \
+                if (vw != vo) memcpy(vo, vw, (size_t)n * sizeof(float));                                  \
                 s += rows;                                                                                \
             }                                                                                             \
         }                                                                                                 \
@@ -195,8 +215,8 @@ struct gather_args {
     float *kout, *vout;
 };
 
-DEFINE_PAGED(float, f32, widen_float)
-DEFINE_PAGED(half, f16, widen_half)
+DEFINE_PAGED(float, f32)
+DEFINE_PAGED(half, f16)
 
 /* Attention of one new position of `layer`: q [H, D] over the first S positions; out [H, D];
  * scratch [H, S]. Split over kv heads on `threads` cores, as attend_one is. Pages of float32

@@ -103,7 +103,7 @@ def _paged(q: np.ndarray, k: PagedLayer, v: PagedLayer, scale: float, causal_off
     h, t, d = q.shape
     s = k.length
     lib = kernels.load()
-    kernel = _PAGED_DECODE.get(k.dtype)
+    kernel = _PAGED_DECODE.get(k.dtype) if d <= 256 else None  # float16 rows widen into a [256] buffer
     if t == 1 and causal_offset + 1 == s and lib is not None and dense_f32(q) and kernel is not None:
         out = np.empty((h, 1, d), dtype=np.float32)
         tb = k.table
