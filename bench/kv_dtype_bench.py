@@ -8,8 +8,9 @@ and values up to the position (a decode step reads the same bytes whatever they 
 greedy steps (median of the last 10). llama.cpp (llama-cpp-python, the F16 GGUF, its default float16
 cache) prefills the same number of prompt ids for real at the positions of --llama-at (a cold 8k
 prefill takes minutes: opt in). Cases run round-robin, so load from other work falls on all alike.
-Printed: ms per step, tok/s, the float16/float32 ratio, the bytes a step streams (weights + KV) and
-their GB/s beside numpy's matrix-vector bandwidth measured in this run.
+Printed: ms per step, tok/s, the ratios (of medians) to our float32 cache and to llama.cpp, the
+bytes a step streams (weights + KV) and their GB/s beside numpy's matrix-vector bandwidth measured
+in this run.
 """
 
 from __future__ import annotations
@@ -122,11 +123,14 @@ def table(ats: list[str], limits: dict, results: dict[tuple[str, str], list[dict
         f"{len(next(iter(results.values())))} rounds (min–max). This run's numpy matvec bandwidth: "
         f"{limits['matvec_gbs']:.1f} GB/s; memory read {limits['memory_read_gbs']:.1f} GB/s.",
         "",
-        "| after | cache | ms/step | tok/s | KV MB read | GB/s (weights + KV) | float16 / float32 |",
-        "|---|---|---|---|---|---|---|",
+        "| after | cache | ms/step | tok/s | KV MB read | GB/s (weights + KV) | tok/s vs float32 "
+        "| vs llama.cpp F16 |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for at in ats:
-        base = [1 / r["step_s"] for r in results[("float32", at)]]
+        base = statistics.median([1 / r["step_s"] for r in results[("float32", at)]])
+        peer_rows = results.get(("llama.cpp F16", at))
+        peer = statistics.median([1 / r["step_s"] for r in peer_rows]) if peer_rows else None
         for kv in ("float32", "float16", "llama.cpp F16"):
             rows = results.get((kv, at))
             if not rows:
@@ -138,9 +142,10 @@ def table(ats: list[str], limits: dict, results: dict[tuple[str, str], list[dict
                 gbs = _range([(r["weight_bytes"] + r["kv_bytes"]) / r["step_s"] / 1e9 for r in rows], ".1f")
             else:
                 kv_mb, gbs = "", ""
-            ratio = f"{statistics.median(tok_s) / statistics.median(base):.2f}x" if kv != "float32" else ""
+            ratio = f"{statistics.median(tok_s) / base:.2f}x" if kv != "float32" else ""
+            vs_peer = f"{statistics.median(tok_s) / peer:.2f}x" if peer and kv != "llama.cpp F16" else ""
             lines.append(f"| {at} | {kv} | {_range(ms, '.1f')} | {_range(tok_s, '.1f')} | {kv_mb} | {gbs} | "
-                         f"{ratio} |")  # fmt: skip
+                         f"{ratio} | {vs_peer} |")  # fmt: skip
     lines.append("")
     return "\n".join(lines)
 

@@ -35,7 +35,8 @@ def open_block_store(
     """The store as Workbench uses it: memory -> disk (data_dir/kv) -> Redis, pins in data_dir/kv/refs.
 
     Unset arguments come from WORKBENCH_KV_BLOCK_SIZE, WORKBENCH_KV_DTYPE (float32|float16|int8; unset:
-    the engine's KV dtype), WORKBENCH_KV_MEMORY_MB (512) and WORKBENCH_KV_DISK_MB (16384).
+    the engine's KV dtype; the session service loads the engine with a float16 cache for float16, so
+    its blocks are the pages as they are, while int8 is a stored form only), WORKBENCH_KV_MEMORY_MB (512) and WORKBENCH_KV_DISK_MB (16384).
     `shared_only`: only the tiers every process sees (disk, Redis), as `workbench cache` reports them: a
     new process's memory tier holds nothing.
     """
