@@ -36,7 +36,8 @@ def open_block_store(
 
     Unset arguments come from WORKBENCH_KV_BLOCK_SIZE, WORKBENCH_KV_DTYPE (float32|float16|int8; unset:
     the engine's KV dtype; the session service loads the engine with a float16 cache for float16, so
-    its blocks are the pages as they are, while int8 is a stored form only), WORKBENCH_KV_MEMORY_MB (512) and WORKBENCH_KV_DISK_MB (16384).
+    its blocks are the pages as they are, while int8 is a stored form only), WORKBENCH_KV_MEMORY_MB
+    (512) and WORKBENCH_KV_DISK_MB (16384).
     `shared_only`: only the tiers every process sees (disk, Redis), as `workbench cache` reports them: a
     new process's memory tier holds nothing.
     """

@@ -101,7 +101,7 @@ def check_model_exists(name: str) -> None:
         raise NotFound(f"model {name!r} not found: {exc}") from None
 
 
-PRECISION_ENV = "WORKBENCH_PRECISION"  # fp32 (exact, the default) | int8 (engine/precision.py)
+PRECISION_ENV = "WORKBENCH_PRECISION"  # fp32 (exact, the default) | int8 | bf16 (engine/precision.py)
 # The KV dtype: float32 (exact, the default) | float16 (the cache in memory and its blocks: half the
 # bytes) | int8 (blocks only, quantized on the way to the store; the cache stays float32: kvstore/open.py).
 KV_DTYPE_ENV = "WORKBENCH_KV_DTYPE"

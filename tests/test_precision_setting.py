@@ -48,7 +48,7 @@ def test_engine_load_reads_the_environment(tiny_model: TinyModels, monkeypatch: 
     monkeypatch.setenv(PRECISION_ENV, "int8")
     assert engine_load(path, "numpy").precision == "int8"
     monkeypatch.setenv(PRECISION_ENV, "fp16")
-    with pytest.raises(UsageError, match=r"WORKBENCH_PRECISION='fp16': choose one of fp32, int8"):
+    with pytest.raises(UsageError, match=r"WORKBENCH_PRECISION='fp16': choose one of fp32, int8, bf16"):
         engine_load(path, "numpy")
 
 
@@ -79,3 +79,20 @@ def test_bad_precisions_are_usage_errors_naming_the_setting(tiny_model: TinyMode
     assert flag.code == 2 and "--precision: invalid choice: 'int4'" in flag.stderr
     env = turn(path, tmp_path, extra_env={PRECISION_ENV: "int4"})
     assert env.code == 2 and "WORKBENCH_PRECISION='int4'" in env.stderr
+
+
+def test_precision_bf16_reaches_a_headless_turn_of_a_bf16_model(
+    tiny_model: TinyModels, tmp_path: Path
+) -> None:
+    from engine.backends import numpy_bf16
+
+    path = tiny_model("qwen3_bf16").path
+    run = turn(path, tmp_path, "--precision", "bf16")
+    missing = numpy_bf16.matrix_unit_missing()
+    if missing is not None:  # refused, saying why, before any token
+        assert run.code == 1 and f"precision bf16 needs {missing}" in run.stderr, run
+        return
+    assert run.code == 0, run
+    expected = engine.load_model(path, backend="numpy", precision="bf16").fingerprint
+    assert recorded_fingerprint(run.json()["session_id"]) == expected
+    assert expected != engine.load_model(path, backend="numpy").fingerprint

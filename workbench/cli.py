@@ -30,7 +30,7 @@ COMMAND_MODULES = [
 ]
 
 
-PRECISIONS = ("fp32", "int8")  # engine/precision.py's (engine is not imported for a --help)
+PRECISIONS = ("fp32", "int8", "bf16")  # engine/precision.py's (engine is not imported for a --help)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -53,8 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--precision",
         choices=PRECISIONS,
-        help="how quantized (MLX 4/8-bit) models compute on numpy: fp32 exact (default), int8 activations "
-        f"(faster decode, slightly different numbers); for this process and its workers (${PRECISION_ENV})",
+        help="how models compute on numpy: fp32 exact (default); int8: a quantized (MLX 4/8-bit) model's "
+        "decode with int8 activations; bf16: a bf16 model's prefill with bf16 activations on the CPU's "
+        "matrix unit (Intel AMX); both faster, slightly different numbers; for this process and its "
+        f"workers (${PRECISION_ENV})",
     )
     parser.add_argument(
         "--kv-dtype",

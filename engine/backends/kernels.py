@@ -61,6 +61,10 @@ SIGNATURES = {
     # kernels_gemm.c (gemm_vector_path returns int64: callers set its restype)
     "gemm_bf16": [_P, _P, _P, _I, _I, _I, _I, _I],
     "gemm_vector_path": [],
+    # kernels_amx.c (precision "bf16"; bf16_gemm_ready and gemm_bf16_amx return int64: numpy_bf16 sets it)
+    "bf16_gemm_ready": [],
+    "gemm_bf16_amx": [_P, _P, _P, _I, _I, _I, _I],
+    "gemm_bf16_rounded_reference": [_P, _P, _P, _I, _I, _I],
     # kernels_fused.c (returns int64: numpy_decode sets its restype)
     "gemv_fused": [_P, _I, _P, _P, _I, _I, _I, _P, _F, _P, _P, _I],
 }

@@ -105,16 +105,27 @@ def quantized_weight(
 
 
 quantized_scales_raw = True  # quantized_weight takes float16 / bfloat16 (uint16) scales as the file has them
-precisions = ("fp32", "int8")  # engine/precision.py
+precisions = ("fp32", "int8", "bf16")  # engine/precision.py
+
+
+def precision_missing(precision: str) -> str | None:
+    """What this machine lacks for `precision`, or None: "bf16" needs the CPU's bfloat16 matrix unit."""
+    if precision != "bf16":
+        return None
+    return numpy_bf16.matrix_unit_missing()
 
 
 def use_precision(matrices: list, precision: str) -> int:
     """Compute with `precision` where it applies; how many matrices it applies to. "int8": decode
-    products of the packed quantized weights with int8 activations (numpy_quant.py)."""
+    products of the packed quantized weights with int8 activations (numpy_quant.py); "bf16": prefill
+    products of bfloat16 weights with bfloat16 activations (numpy_bf16.py)."""
     quantized = [w for w in matrices if isinstance(w, numpy_quant.QuantWeight)]
+    bf16 = [w for w in matrices if isinstance(w, numpy_bf16.Bf16Weight)]
     for w in quantized:
         w.int8_activations = precision == "int8"
-    return len(quantized)
+    for w in bf16:
+        w.bf16_products = precision == "bf16"
+    return len(quantized if precision == "int8" else bf16)
 
 
 Weight = np.ndarray | numpy_bf16.Bf16Weight | numpy_quant.QuantWeight

@@ -13,11 +13,15 @@ float32 weights (up to the order of its float32 additions):
   whose matmuls are compute-bound there, so the widening costs a few percent;
 - token lookups widen only the rows they read.
 
+Precision "bf16" (engine/precision.py) sets `bf16_products` on every such weight: its products of more
+than one row then round the rows to bfloat16 and run on the CPU's matrix unit (kernels_amx.c).
+
 Used only when the C loops are built: widening in plain numpy would cost more than it saves.
 """
 
 from __future__ import annotations
 
+import ctypes
 import threading
 
 import numpy as np
@@ -43,6 +47,7 @@ class Bf16Weight:
                 f"bfloat16 weight bits must be C-contiguous uint16 [out, in], not {bits.dtype} {bits.shape}"
             )
         self.bits = bits
+        self.bf16_products = False  # precision "bf16": products of several rows on the matrix unit
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -90,9 +95,63 @@ def linear(x: np.ndarray, w: Bf16Weight) -> np.ndarray:
         lib.gemv_bf16(lasting_address(w.bits), address(x), address(y), rows, cols, threads)
         return y
     flat = x.reshape(-1, cols)
-    short = lib is not None and flat.shape[0] <= GEMM_MAX_TOKENS
-    y = gemm(flat, w) if short else widened_matmul(flat, w)
+    if w.bf16_products and lib is not None:
+        y = matrix_unit_matmul(flat, w)
+    elif lib is not None and flat.shape[0] <= GEMM_MAX_TOKENS:
+        y = gemm(flat, w)
+    else:
+        y = widened_matmul(flat, w)
     return y.reshape(*x.shape[:-1], rows)
+
+
+def matrix_unit_missing() -> str | None:
+    """None when precision "bf16" can run here, else what is missing (for the error the loader raises)."""
+    lib = kernels.load()
+    if lib is None:
+        return "the numpy backend's C kernels (engine.backends.kernels could not be built or loaded)"
+    if not _typed_amx(lib).bf16_gemm_ready():
+        return (
+            "a CPU with a bfloat16 matrix unit (Intel AMX-BF16: Sapphire Rapids or later) whose tiles the "
+            "kernel grants this process; this machine has none"
+        )
+    return None
+
+
+def matrix_unit_matmul(x: np.ndarray, w: Bf16Weight) -> np.ndarray:
+    """x [T, in] @ w.T with x rounded to bfloat16, on the matrix unit (kernels_amx.c), sums in float32."""
+    lib = _typed_amx(kernels.load())
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    rows, cols = w.shape
+    y = np.empty((x.shape[0], rows), dtype=np.float32)
+    failed = lib.gemm_bf16_amx(
+        lasting_address(w.bits), address(x), address(y), x.shape[0], rows, cols, numpy_threads.DECODE_THREADS
+    )
+    if failed == 2:
+        raise MemoryError(f"gemm_bf16_amx: no memory for {x.shape[0]} x {cols} bfloat16 activations")
+    if failed:
+        raise RuntimeError("gemm_bf16_amx: the kernel no longer grants this process the AMX tiles")
+    return y
+
+
+def rounded_reference(x: np.ndarray, w: Bf16Weight) -> np.ndarray:
+    """The same product as matrix_unit_matmul, one float32 sum at a time in plain C (tests compare)."""
+    lib = kernels.load()
+    if lib is None:
+        raise RuntimeError("gemm_bf16_rounded_reference needs the C kernels (engine.backends.kernels)")
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    rows, cols = w.shape
+    y = np.empty((x.shape[0], rows), dtype=np.float32)
+    lib.gemm_bf16_rounded_reference(lasting_address(w.bits), address(x), address(y), x.shape[0], rows, cols)
+    return y
+
+
+def _typed_amx(lib: object) -> object:
+    """`lib` with kernels_amx.c's int64 results declared (kernels.load declares every result void)."""
+    if getattr(lib, "_amx_typed", False) is False:
+        lib.bf16_gemm_ready.restype = ctypes.c_int64  # type: ignore[attr-defined]
+        lib.gemm_bf16_amx.restype = ctypes.c_int64  # type: ignore[attr-defined]
+        lib._amx_typed = True  # type: ignore[attr-defined]
+    return lib
 
 
 def gemm(x: np.ndarray, w: Bf16Weight, portable: bool = False) -> np.ndarray:
