@@ -5,10 +5,12 @@
     python -m bench.engine_peers --engines q8,q4   # only the quantized pairs
     python -m bench.engine_peers --engines q8,q8-int8,q4,q4-int8   # + precision int8 (int8 activations)
     python -m bench.engine_peers --before /tmp/main-tree  # + that checkout's numpy bf16: before/after
+    python -m bench.engine_peers --engines bf16,bf16-bf16 --prefill 512,2048  # + precision bf16 (AMX)
 
 Each engine runs alone in its own long-lived process: engine numpy on the bf16 checkpoint and on its
 MLX 8-bit and 4-bit copies (mx.quantize, groups of 64, as mlx-lm writes them, bench/mlx_quant.py), the
-quantized ones also with precision int8 (engine/precision.py: int8 activations, integer dot products);
+quantized ones also with precision int8 (engine/precision.py: int8 activations, integer dot products),
+the bf16 one also with precision bf16 (bf16 activations on the CPU's matrix unit, where it has one);
 llama.cpp on its F16, Q8_0 and Q4_0 conversions (bench/llama_peer.py). The main process hands them one
 task at a time, round-robin, each of ours next to its llama.cpp peer, so that load from other work falls
 on all of them alike and no two ever run at once. Printed: tok/s per task (min-max over rounds), each
@@ -40,6 +42,7 @@ THREADS = os.cpu_count() or 1
 # its llama.cpp peer)
 PAIRS = {
     "bf16": (("numpy bf16", None, "fp32"), "llama.cpp F16"),
+    "bf16-bf16": (("numpy bf16 precision bf16", None, "bf16"), "llama.cpp F16"),
     "q8": (("numpy q8 g64", (8, 64), "fp32"), "llama.cpp Q8_0"),
     "q8-int8": (("numpy q8 g64 int8", (8, 64), "int8"), "llama.cpp Q8_0"),
     "q4": (("numpy q4 g64", (4, 64), "fp32"), "llama.cpp Q4_0"),
