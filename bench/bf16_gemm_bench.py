@@ -5,7 +5,8 @@
 Random Qwen3-0.6B-shaped bfloat16 weights (every layer's qkv, o_proj, gate_up and down: 880 MB, more
 than the L3, as a prefill streams them); each row is the time to multiply T token rows through all of
 them, both ways, interleaved, best of --repeats. Prints where gemm_bf16 stops winning: the crossover
-numpy_bf16.GEMM_MAX_TOKENS is set from.
+numpy_bf16.GEMM_MAX_TOKENS is set from. Where the CPU has a bfloat16 matrix unit (Intel AMX), a third
+column times precision bf16's product (kernels_amx.c: the activations rounded to bfloat16).
 """
 
 from __future__ import annotations
@@ -48,7 +49,10 @@ def main() -> None:
         mats = weights_of(model.network)[:-1]  # the layers' matrices; the output projection sees one row
         nbytes = sum(w.nbytes for w in mats)
         print(f"{len(mats)} bfloat16 matrices, {nbytes / 1e6:.0f} MB; ms for all of them (GFLOP/s)")
-        print("| tokens | gemm_bf16 | widen + BLAS | gemm / widen |\n| ---: | ---: | ---: | ---: |")
+        unit = numpy_bf16.matrix_unit_missing() is None
+        extra = (" matrix unit (bf16) |", " ---: |") if unit else ("", "")
+        print(f"| tokens | gemm_bf16 | widen + BLAS |{extra[0]} gemm / widen |")
+        print(f"| ---: | ---: | ---: |{extra[1]} ---: |")
         rng = np.random.default_rng(0)
         for t in (int(n) for n in args.tokens.split(",")):
             xs = {w.shape[1]: rng.standard_normal((t, w.shape[1]), np.float32) for w in mats}
@@ -62,9 +66,15 @@ def main() -> None:
                 for w in mats:
                     numpy_bf16.widened_matmul(xs[w.shape[1]], w)
 
-            a, b = _best(direct, args.repeats), _best(widened, args.repeats)
-            cells = [f"{1e3 * s:.1f} ({flops / s / 1e9:.0f})" for s in (a, b)]
-            print(f"| {t} | {cells[0]} | {cells[1]} | {a / b:.2f} |")
+            def on_unit(xs: dict = xs) -> None:
+                for w in mats:
+                    numpy_bf16.matrix_unit_matmul(xs[w.shape[1]], w)
+
+            times = [
+                _best(fn, args.repeats) for fn in ((direct, widened, on_unit) if unit else (direct, widened))
+            ]
+            cells = [f"{1e3 * s:.1f} ({flops / s / 1e9:.0f})" for s in times]
+            print(f"| {t} | {' | '.join(cells)} | {times[0] / times[1]:.2f} |")
 
 
 if __name__ == "__main__":
