@@ -1,6 +1,6 @@
 """Resume from the paged KV cache (issue 20), beside llama.cpp's state save/restore, in one run.
 
-    flock /tmp/workbench-bench.lock python -m bench.paged_bench [--tokens 2048] [--dir DIR] [--write]
+    python -m bench.paged_bench [--tokens 2048] [--precision fp32|bf16] [--dir DIR] [--write]
 
 Qwen3-0.6B's exact shapes with random bfloat16 weights, float32 blocks. One worker prefills a history
 cold and saves it to a disk tier and a private Redis; then each case is a fresh process (what
@@ -54,11 +54,11 @@ def _store(kv_dir: str, sock: str, tier: str):
     return BlockStore([tiers[t]() for t in tier.split("+")])
 
 
-def cold(model_dir: str, kv_dir: str, sock: str, n: str) -> dict:
+def cold(model_dir: str, kv_dir: str, sock: str, n: str, precision: str) -> dict:
     import engine
     from kvstore import space_of
 
-    model = engine.load_model(model_dir, backend="numpy")
+    model = engine.load_model(model_dir, backend="numpy", precision=precision)
     ids = prompt_ids(int(n), VOCAB)
     cache = model.make_cache()
     t0 = time.perf_counter()
@@ -70,11 +70,11 @@ def cold(model_dir: str, kv_dir: str, sock: str, n: str) -> dict:
     return {"cold_s": cold_s}
 
 
-def resume(model_dir: str, kv_dir: str, sock: str, n: str, tier: str, new: str) -> dict:
+def resume(model_dir: str, kv_dir: str, sock: str, n: str, tier: str, new: str, precision: str) -> dict:
     import engine
     from kvstore import space_of
 
-    model = engine.load_model(model_dir, backend="numpy")
+    model = engine.load_model(model_dir, backend="numpy", precision=precision)
     history, fresh = prompt_ids(int(n), VOCAB), new_ids(int(new))
     attention = _timed_attention(model)
     store = _store(kv_dir, sock, "disk" if tier == "dropped" else tier)
@@ -245,6 +245,7 @@ def main() -> None:
     p.add_argument("--dir", help="keep the checkpoint and GGUF here (reused when present)")
     p.add_argument("--contiguous-root", default="/work/main", help="a checkout with the contiguous cache")
     p.add_argument("--decode-at", default="512,2048,8192", help="positions to time a decode step after")
+    p.add_argument("--precision", default="fp32", help="engine precision for the history and the new tokens")
     p.add_argument("--write", action="store_true", help="write the table to docs/benchmarks.md")
     args = p.parse_args()
     limits = machine.measure_limits()
@@ -274,15 +275,13 @@ def main() -> None:
 def measure(args: argparse.Namespace, model_dir: str, work: Path, gguf: str, sock: str) -> dict:
     n, new = str(args.tokens), str(args.new)
     kv = str(work / "kv")
-    r: dict = {"cold": run("cold", model_dir, kv, sock, n)}
+    r: dict = {"cold": run("cold", model_dir, kv, sock, n, args.precision)}
     # The machine is shared: each case runs twice, alternated, and the faster run (by TTFT) is kept.
     for _ in range(2):
         for tier in ("disk", "dropped", "redis"):
-            got = run("resume", model_dir, kv, sock, n, tier, new)
+            got = run("resume", model_dir, kv, sock, n, tier, new, args.precision)
             r[tier] = min(got, r.get(tier, got), key=lambda x: x["ttft_s"])
-    for at in args.decode_at.split(
-        ","
-    ):  # alternated twice, the best step of each kept: the machine is shared
+    for at in [a for a in args.decode_at.split(",") if a]:  # alternated twice, the best step of each kept
         for _ in range(2):
             for kind, root in (("paged", ROOT), ("contiguous", Path(args.contiguous_root))):
                 got = run("decode", model_dir, at, root=root)["best_step_s"]
@@ -313,9 +312,11 @@ def table(args: argparse.Namespace, limits: dict, r: dict) -> str:
     ]
     rows = [(name, r[k][f"{p}restore_s"], r[k][f"{p}ttft_s"], c) for name, k, p, c in cases]
     lines = [
-        "## Paged KV cache: resume (issue 20)",
+        f"## Paged KV cache: resume after {args.tokens} tokens, precision {args.precision} (issue 20)",
         "",
-        f"`python -m bench.paged_bench --tokens {args.tokens} --new {args.new}`, one run, bench lock held. "
+        f"`python -m bench.paged_bench --tokens {args.tokens} --new {args.new} "
+        f"--precision {args.precision}`, "
+        "one run, alone on the machine. "
         f"Qwen3-0.6B shapes, random bf16 weights, float32 KV blocks; a history of {args.tokens} tokens, then "
         f"{args.new} new tokens; TTFT = restore + prefill of the new tokens; each case run twice, "
         "alternated, the faster run kept (the machine is shared). Cold prefill of the history in "
@@ -338,11 +339,15 @@ def table(args: argparse.Namespace, limits: dict, r: dict) -> str:
         f"| decode step after {r['disk']['positions']} positions, restored (mapped pages) | "
         f"{r['disk']['decode_step_s'] * 1e3:.1f} ms |",
         "",
-        "| decode step after (best of 2 x 8, alternated) | paged cache | contiguous cache (main) | "
-        "contiguous / paged |",
-        "|---:|---:|---:|---:|",
-        *decode_rows(r, args.decode_at.split(",")),
     ]
+    ats = [a for a in args.decode_at.split(",") if a]
+    if ats:
+        lines += [
+            f"| decode step after (best of 2 x 8, alternated) | paged cache | contiguous cache "
+            f"({args.contiguous_root}) | contiguous / paged |",
+            "|---:|---:|---:|---:|",
+            *decode_rows(r, ats),
+        ]
     return "\n".join(lines) + "\n"
 
 

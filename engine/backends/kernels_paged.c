@@ -93,7 +93,10 @@ static inline const float *row_f16(const half *row, float *buf, int64_t n) {
     return buf;
 }
 
-#define AHEAD 12
+/* Rows prefetched ahead, into L2 (hint T1): on this Intel Xeon 32 rows to L2 measured 0.89x the time
+ * of 12 rows to L1 for decode attention after 8k positions (L1's few outstanding misses stay free). */
+#define AHEAD 32
+#define PREFETCH_LOCALITY_KV 2
 
 /* The row AHEAD rows on: in this page, or at the start of the next one (pages are separate buffers, so
  * the hardware prefetcher has to find each page's start anew; asking for it keeps the stream going). */
@@ -121,7 +124,7 @@ static inline const float *row_f16(const half *row, float *buf, int64_t n) {
             for (int64_t r = 0; r < rows; r++, s++) {                                                    \
                 const float *restrict row = row_##SUFFIX(K + r * D, wide, D);                             \
                 const T *ahead = PREFETCH_ROW(K, next, r, rows, D);                                      \
-                for (int64_t x = 0; x < D; x += line) __builtin_prefetch(ahead + x);                     \
+                for (int64_t x = 0; x < D; x += line) __builtin_prefetch(ahead + x, 0, PREFETCH_LOCALITY_KV);                     \
                 for (int64_t g = 0; g < G; g++) {                                                         \
                     const float *restrict qg = q + g * D;                                                 \
                     float acc = 0.0f;                                                                     \
@@ -152,7 +155,7 @@ static inline const float *row_f16(const half *row, float *buf, int64_t n) {
             for (int64_t r = 0; r < rows; r++, s++) {                                                    \
                 const float *restrict row = row_##SUFFIX(V + r * D, wide, D);                             \
                 const T *ahead = PREFETCH_ROW(V, next, r, rows, D);                                      \
-                for (int64_t x = 0; x < D; x += line) __builtin_prefetch(ahead + x);                     \
+                for (int64_t x = 0; x < D; x += line) __builtin_prefetch(ahead + x, 0, PREFETCH_LOCALITY_KV);                     \
                 for (int64_t g = 0; g < G; g++) {                                                         \
                     const float w = p[g * S + s];                                                         \
                     float *restrict og = o + g * D;                                                       \
@@ -225,14 +228,14 @@ void attend_paged(const float *q, const int64_t *kbase, const int64_t *vbase, co
                   const int64_t *cap, int64_t pages, int64_t layer, float *out, float *scratch, int64_t H,
                   int64_t Hkv, int64_t S, int64_t D, float scale, int64_t threads) {
     struct paged_args a = {{kbase, vbase, start, cap, pages, layer, Hkv, S, D}, q, out, scratch, H, scale};
-    run_parallel(paged_part_f32, &a, threads < Hkv ? threads : Hkv);
+    run_parts(paged_part_f32, &a, Hkv, threads); /* as attend_one: a late core's kv heads go to the others */
 }
 
 void attend_paged_f16(const float *q, const int64_t *kbase, const int64_t *vbase, const int64_t *start,
                       const int64_t *cap, int64_t pages, int64_t layer, float *out, float *scratch, int64_t H,
                       int64_t Hkv, int64_t S, int64_t D, float scale, int64_t threads) {
     struct paged_args a = {{kbase, vbase, start, cap, pages, layer, Hkv, S, D}, q, out, scratch, H, scale};
-    run_parallel(paged_part_f16, &a, threads < Hkv ? threads : Hkv);
+    run_parts(paged_part_f16, &a, Hkv, threads);
 }
 
 /* kout, vout [Hkv, S, D] float32 <- the first S positions of `layer`, split over kv heads: from float32
